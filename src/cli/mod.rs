@@ -1,0 +1,302 @@
+//! The command line: one binary for the daemon and its client commands.
+
+mod output;
+mod start;
+
+use crate::client::{Client, ClientError};
+use crate::error::{EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::protocol::SignRequest;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Sign JWTs with keys that never leave a PKCS#11 token.
+#[derive(Debug, Parser)]
+#[command(name = "jwt-agent", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (for systemd, CI and containers)
+    Daemon(DaemonArgs),
+    /// Run the agent in the background and print shell lines that point clients at it:
+    /// eval "$(jwt-agent start --module M --token T)"
+    Start(DaemonArgs),
+    /// Stop the agent; prints shell lines that unset JWT_AGENT_SOCK
+    Stop(SocketArgs),
+    /// Build a JWT from flags, sign it in the token, print it
+    Sign(SignArgs),
+    /// Sign BASE64URL(header).BASE64URL(payload) built elsewhere and print the whole token
+    SignInput(SignInputArgs),
+    /// List the signing keys on the token
+    Keys(ListArgs),
+    /// Show the token, keys, session pool and counters
+    Status(ListArgs),
+}
+
+/// The daemon's flags, shared by `daemon` and `start`.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// PKCS#11 module (.so), e.g. /usr/lib/softhsm/libsofthsm2.so
+    #[arg(long, value_name = "PATH")]
+    module: PathBuf,
+    /// Label of the token to log in to
+    #[arg(long, value_name = "LABEL")]
+    token: String,
+    /// File holding the user PIN (else $JWT_AGENT_PIN, else a prompt on the terminal)
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// Socket path (else $JWT_AGENT_SOCK, $XDG_RUNTIME_DIR/jwt-agent/agent.sock, /tmp/jwt-agent-$UID/agent.sock)
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// PKCS#11 sessions in the pool [default: the CPU count, capped by the token]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    sessions: Option<u16>,
+    /// Read the PIN from one line of stdin (how `start` passes a PIN it prompted for)
+    #[arg(long, hide = true)]
+    pin_from_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+struct SocketArgs {
+    /// Agent socket (else $JWT_AGENT_SOCK, else the default path)
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SignInputArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Key label on the token
+    #[arg(long, value_name = "KEY")]
+    key: String,
+    /// BASE64URL(header).BASE64URL(payload); `-` reads it from stdin
+    #[arg(value_name = "SIGNING_INPUT")]
+    input: String,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Key label on the token
+    #[arg(long, value_name = "KEY")]
+    key: String,
+    /// JWS algorithm [default: the key's]
+    #[arg(long, value_name = "ALG")]
+    alg: Option<String>,
+    /// Header `kid`
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
+    /// Claim `iss`
+    #[arg(long, value_name = "ISS")]
+    iss: Option<String>,
+    /// Claim `sub`
+    #[arg(long, value_name = "SUB")]
+    sub: Option<String>,
+    /// Claim `aud` (repeat for several)
+    #[arg(long, value_name = "AUD")]
+    aud: Vec<String>,
+    /// Lifetime: sets `exp` to `iat` plus this (90s, 20m, 1h, 180d); without it there is no `exp`
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<String>,
+    /// Extra claim; VALUE is JSON when it parses as JSON, else a string (repeatable)
+    #[arg(long, value_name = "NAME=VALUE")]
+    claim: Vec<String>,
+    /// Extra header member, like --claim (repeatable)
+    #[arg(long, value_name = "NAME=VALUE")]
+    header: Vec<String>,
+    /// Sign anew even when a cached token would do
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn parse_ttl(text: &str) -> Result<String, String> {
+    crate::duration::parse(text).map(|_| text.to_owned())
+}
+
+/// A failed command: what to print and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: u8, message: impl Into<String>) -> Self {
+        Failure { status, message: message.into() }
+    }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let status = match &e {
+            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::Io(_) => EXIT_OTHER,
+            ClientError::Agent(wire) => wire.code.exit_status(),
+        };
+        Failure::new(status, e.to_string())
+    }
+}
+
+/// Parses the command line, runs the command, and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("jwt-agent: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Daemon(args) => {
+            crate::daemon::run(args.into_options()).map_err(|e| Failure::new(e.status, e.message))
+        }
+        Command::Start(args) => start::start(args),
+        Command::Stop(args) => start::stop(args.socket.as_deref()),
+        Command::Sign(args) => {
+            let mut client = connect(&args.socket)?;
+            let token = client.sign(args.into_request()?)?.token;
+            print_line(&token)
+        }
+        Command::SignInput(args) => {
+            let input = match args.input.as_str() {
+                "-" => read_stdin()?,
+                input => input.to_owned(),
+            };
+            let token = connect(&args.socket)?.sign_input(&args.key, &input)?;
+            print_line(&token)
+        }
+        Command::Keys(args) => {
+            let keys = connect(&args.socket)?.keys()?.keys;
+            print_line(&output::keys(&keys, args.json))
+        }
+        Command::Status(args) => {
+            let status = connect(&args.socket)?.status()?;
+            print_line(&output::status(&status, args.json))
+        }
+    }
+}
+
+fn connect(args: &SocketArgs) -> Result<Client, Failure> {
+    Ok(Client::connect(&crate::paths::socket_path(args.socket.as_deref()))?)
+}
+
+fn print_line(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot write to stdout: {e}")))
+}
+
+fn read_stdin() -> Result<String, Failure> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot read stdin: {e}")))?;
+    Ok(input.trim_end().to_owned())
+}
+
+impl DaemonArgs {
+    fn into_options(self) -> crate::daemon::Options {
+        crate::daemon::Options {
+            socket: crate::paths::socket_path(self.socket.as_deref()),
+            module: self.module,
+            token: self.token,
+            pin_file: self.pin_file,
+            pin_from_stdin: self.pin_from_stdin,
+            sessions: self.sessions.map(usize::from),
+        }
+    }
+}
+
+impl SignArgs {
+    fn into_request(self) -> Result<SignRequest, Failure> {
+        let mut header = Map::new();
+        let mut claims = Map::new();
+        for (name, value) in [("alg", self.alg), ("kid", self.kid)] {
+            if let Some(value) = value {
+                set(&mut header, name, Value::from(value))?;
+            }
+        }
+        for (name, value) in [("iss", self.iss), ("sub", self.sub)] {
+            if let Some(value) = value {
+                set(&mut claims, name, Value::from(value))?;
+            }
+        }
+        match self.aud.len() {
+            0 => {}
+            1 => set(&mut claims, "aud", Value::from(self.aud[0].clone()))?,
+            _ => set(&mut claims, "aud", Value::from(self.aud))?,
+        }
+        for pair in &self.header {
+            let (name, value) = name_value(pair, "--header")?;
+            set(&mut header, name, value)?;
+        }
+        for pair in &self.claim {
+            let (name, value) = name_value(pair, "--claim")?;
+            set(&mut claims, name, value)?;
+        }
+        Ok(SignRequest { key: self.key, preset: None, header, claims, ttl: self.ttl, fresh: self.fresh })
+    }
+}
+
+fn set(map: &mut Map<String, Value>, name: &str, value: Value) -> Result<(), Failure> {
+    match map.insert(name.to_owned(), value) {
+        None => Ok(()),
+        Some(_) => Err(Failure::usage(format!("{name:?} is given twice; give it once"))),
+    }
+}
+
+/// `NAME=VALUE`, VALUE parsed as JSON when it is JSON, else taken as a string.
+fn name_value<'a>(pair: &'a str, flag: &str) -> Result<(&'a str, Value), Failure> {
+    let (name, value) = pair
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| Failure::usage(format!("{flag} wants NAME=VALUE, got {pair:?}")))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
+    Ok((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn claim_values_are_json_when_they_parse() {
+        assert_eq!(name_value("n=5", "--claim").unwrap(), ("n", Value::from(5)));
+        assert_eq!(name_value("s=abc", "--claim").unwrap(), ("s", Value::from("abc")));
+        assert_eq!(name_value("o={\"a\":[1]}", "--claim").unwrap().1, serde_json::json!({"a": [1]}));
+        assert_eq!(name_value("e=", "--claim").unwrap().1, Value::from(""));
+        assert!(name_value("=x", "--claim").is_err());
+        assert!(name_value("nothing", "--claim").is_err());
+    }
+}

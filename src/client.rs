@@ -1,0 +1,121 @@
+//! The client side of the socket: a blocking connection that sends requests and reads answers.
+//! The CLI uses it for one-shot requests (no async runtime to start); Rust programs may too.
+//!
+//! ```no_run
+//! let mut agent = jwt_agent::Client::connect_default()?;
+//! let token = agent.sign_input("ABC123DEFG", "eyJhbGciOiJFUzI1NiJ9.e30")?;
+//! # Ok::<(), jwt_agent::ClientError>(())
+//! ```
+
+use crate::error::{ErrorCode, WireError};
+use crate::protocol::{
+    self, KeysResult, Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
+};
+use serde::de::DeserializeOwned;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the client waits for an answer before giving up on the agent.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request did not get a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error(
+        "cannot reach the agent at {}: {source}; start one with `eval \"$(jwt-agent start --module MODULE --token LABEL)\"` or set JWT_AGENT_SOCK",
+        path.display()
+    )]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection broke mid-request.
+    #[error("the connection to the agent failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent answered with an error.
+    #[error("{0}")]
+    Agent(#[from] WireError),
+}
+
+impl ClientError {
+    /// The error code, when the agent answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Agent(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to the agent. Requests are answered in order; one connection serves many.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the agent at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
+        let stream = UnixStream::connect(path).map_err(unreachable)?;
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        let writer = stream.try_clone()?;
+        Ok(Client { reader: BufReader::new(stream), writer, next_id: 1 })
+    }
+
+    /// Connects to the agent at `$JWT_AGENT_SOCK`, else the default path.
+    pub fn connect_default() -> Result<Client, ClientError> {
+        Self::connect(&crate::paths::socket_path(None))
+    }
+
+    /// Sends `request` and decodes the answer as `T`.
+    pub fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = protocol::encode_request(Some(id), request)
+            .map_err(|e| WireError::bad_request(format!("cannot encode the request: {e}")))?;
+        self.writer.write_all(&line)?;
+        let mut answer = Vec::with_capacity(512);
+        self.reader.read_until(b'\n', &mut answer)?;
+        if answer.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection",
+            )
+            .into());
+        }
+        Ok(protocol::decode_answer(&answer)?)
+    }
+
+    /// Signs JWS signing input built by the caller; returns the compact token.
+    pub fn sign_input(&mut self, key: &str, input: &str) -> Result<String, ClientError> {
+        let request = Request::SignInput { key: key.to_owned(), input: input.to_owned() };
+        Ok(self.call::<SignInputResult>(&request)?.token)
+    }
+
+    /// Builds and signs a JWT.
+    pub fn sign(&mut self, request: SignRequest) -> Result<SignResult, ClientError> {
+        self.call(&Request::Sign(request))
+    }
+
+    /// Lists the signing keys.
+    pub fn keys(&mut self) -> Result<KeysResult, ClientError> {
+        self.call(&Request::Keys {})
+    }
+
+    /// The agent's status.
+    pub fn status(&mut self) -> Result<StatusResult, ClientError> {
+        self.call(&Request::Status {})
+    }
+
+    /// Asks the agent to stop; returns its pid.
+    pub fn stop(&mut self) -> Result<u32, ClientError> {
+        Ok(self.call::<StopResult>(&Request::Stop {})?.pid)
+    }
+}

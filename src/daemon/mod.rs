@@ -1,0 +1,196 @@
+//! The daemon: loads the token, listens on the socket, serves connections until told to stop.
+
+mod connection;
+mod handler;
+mod listener;
+
+pub use handler::Agent;
+
+use crate::error::{EXIT_OTHER, EXIT_TOKEN};
+use crate::pin::{self, PinSource};
+use crate::token::Token;
+use crate::token::pool::Pool;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+/// How long shutdown waits for connections to finish the request they are on.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// A file holding the PIN.
+    pub pin_file: Option<PathBuf>,
+    /// Read the PIN from one line of stdin (how `start` passes a prompted PIN).
+    pub pin_from_stdin: bool,
+    /// The socket path, already resolved.
+    pub socket: PathBuf,
+    /// Sessions in the pool; default: the CPU count, capped by the token.
+    pub sessions: Option<usize>,
+}
+
+/// Why the daemon could not start or run, with its exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DaemonError {
+    /// One sentence for stderr.
+    pub message: String,
+    /// The process exit status.
+    pub status: u8,
+}
+
+impl DaemonError {
+    fn new(status: u8, message: impl Into<String>) -> Self {
+        DaemonError { message: message.into(), status }
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM, SIGINT or a `stop` request.
+pub fn run(options: Options) -> Result<(), DaemonError> {
+    // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
+    listener::check_free(&options.socket).map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    let source = match (&options.pin_file, options.pin_from_stdin) {
+        (Some(file), _) => PinSource::File(file),
+        (None, true) => PinSource::Stdin,
+        (None, false) => PinSource::EnvOrPrompt,
+    };
+    let pin = pin::read_pin(source, &format!("PIN for token {:?}: ", options.token))
+        .map_err(|e| DaemonError::new(EXIT_OTHER, e.to_string()))?;
+    let (token, session) = Token::open(&options.module, &options.token, pin)
+        .map_err(|e| DaemonError::new(EXIT_TOKEN, e.to_string()))?;
+    let token = Arc::new(token);
+    let sessions = pool_size(options.sessions, token.max_sessions());
+    let pool =
+        Pool::start(token, session, sessions).map_err(|e| DaemonError::new(EXIT_TOKEN, e.to_string()))?;
+    crate::info!("logged in to token {:?} with {sessions} sessions", options.token);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::new(EXIT_OTHER, format!("cannot start the runtime: {e}")))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let agent = Arc::new(Agent::new(pool, stop_tx));
+    let served = runtime.block_on(async {
+        let listener = listener::bind(&options.socket)?;
+        crate::info!("listening on {}", options.socket.display());
+        serve(listener, agent.clone(), stop_rx).await;
+        Ok::<(), String>(())
+    });
+    listener::remove(&options.socket);
+    drop(runtime);
+    match Arc::try_unwrap(agent) {
+        Ok(agent) => agent.into_pool().shutdown(),
+        Err(_) => crate::warn!("a connection outlived shutdown; not finalizing the module"),
+    }
+    crate::info!("stopped");
+    served.map_err(|e| DaemonError::new(EXIT_OTHER, e))
+}
+
+fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let size = asked.unwrap_or(cpus);
+    token_max.map_or(size, |max| size.min(max)).max(1)
+}
+
+/// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
+/// comes, then waits for each connection to finish the request it is on.
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+    let own_uid = crate::paths::euid();
+    // Each connection holds a clone; when all are dropped, every connection has ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let signals = shutdown_signal();
+    tokio::pin!(signals);
+    let for_connections = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => break,
+            () = &mut signals => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (agent, stop, done) = (agent.clone(), for_connections.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        serve_connection(stream, &agent, stop, own_uid).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait, then go on serving.
+                    crate::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    crate::info!("stopping: no new connections; finishing requests in flight");
+    drop(listener);
+    agent.request_stop();
+    drop(done_tx);
+    if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
+        crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
+    }
+}
+
+async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Receiver<bool>, own_uid: u32) {
+    let (read, write) = stream.into_split();
+    let mut writer = BufWriter::new(write);
+    let peer = match read.as_ref().peer_cred() {
+        Ok(cred) => cred,
+        Err(e) => {
+            crate::warn!("cannot read the peer's credentials ({e}); closing the connection");
+            return;
+        }
+    };
+    if peer.uid() != own_uid {
+        crate::warn!("refused a connection from uid {} (pid {:?})", peer.uid(), peer.pid());
+        let _ = writer.write_all(&agent.forbidden(peer.uid())).await;
+        let _ = writer.flush().await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let frame = tokio::select! {
+            frame = connection::read_frame(&mut reader, &mut line) => frame,
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        let answer = match frame {
+            Ok(connection::Frame::Line) => agent.handle(&line).await,
+            Ok(connection::Frame::TooLarge) => agent.too_large(),
+            Ok(connection::Frame::Eof) | Err(_) => break,
+        };
+        if writer.write_all(&answer).await.is_err() {
+            break;
+        }
+        // Pipelined requests already read get their answers in one write.
+        if reader.buffer().is_empty() && writer.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.flush().await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        crate::warn!("cannot install signal handlers; stop the agent with `jwt-agent stop`");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { crate::info!("SIGTERM"); return; }
+            _ = int.recv() => { crate::info!("SIGINT"); return; }
+            // A closed terminal must not take a background agent with it.
+            _ = hup.recv() => crate::info!("SIGHUP ignored"),
+        }
+    }
+}

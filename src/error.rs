@@ -1,0 +1,106 @@
+//! Error codes shared by the wire protocol and the CLI's exit status.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The `code` of an error answer. One definition for daemon and client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request line is not valid JSON or not a valid request.
+    BadRequest,
+    /// The `op` is not one this daemon knows.
+    UnknownOp,
+    /// No signing key with that name on the token.
+    UnknownKey,
+    /// The request is valid but refused by policy or by the key's capabilities.
+    PolicyDenied,
+    /// The agent is locked.
+    Locked,
+    /// The token failed (PKCS#11 error, removed device, ...).
+    TokenError,
+    /// The request line is longer than the protocol allows.
+    TooLarge,
+    /// The peer's uid may not use this agent.
+    Forbidden,
+    /// Anything else: a bug or an exhausted resource on the daemon's side.
+    Internal,
+    /// A code this client does not know (a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Exit status for usage errors (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the agent cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status for a refusal: validation, preset or policy.
+pub const EXIT_REFUSED: u8 = 4;
+/// Exit status when the token failed: PKCS#11 error, wrong PIN, key not found.
+pub const EXIT_TOKEN: u8 = 5;
+/// Exit status for any other failure.
+pub const EXIT_OTHER: u8 = 1;
+
+impl ErrorCode {
+    /// The CLI's exit status for an answer with this code (see the spec's exit codes).
+    pub fn exit_status(self) -> u8 {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::PolicyDenied
+            | ErrorCode::Locked
+            | ErrorCode::TooLarge
+            | ErrorCode::Forbidden => EXIT_REFUSED,
+            ErrorCode::UnknownKey | ErrorCode::TokenError => EXIT_TOKEN,
+            ErrorCode::UnknownOp | ErrorCode::Internal | ErrorCode::Unknown => EXIT_OTHER,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::UnknownKey => "unknown_key",
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::Locked => "locked",
+            ErrorCode::TokenError => "token_error",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as the daemon answers it: a code for programs, a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct WireError {
+    /// What kind of failure, for programs.
+    pub code: ErrorCode,
+    /// One sentence that says what went wrong and what to do.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError { code, message: message.into() }
+    }
+
+    /// A `bad_request` error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// A `policy_denied` error.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PolicyDenied, message)
+    }
+}

@@ -1,0 +1,211 @@
+//! JOSE encoding: JWS algorithms, base64url, and the checks that keep the agent from being a
+//! signing oracle for arbitrary bytes.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A JWS `alg` this agent can sign with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    /// ECDSA on P-256 with SHA-256, signature `r || s` (64 bytes).
+    Es256,
+}
+
+impl Alg {
+    /// The `alg` header value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Es256 => "ES256",
+        }
+    }
+
+    /// The `alg` named in a header, if this agent signs with it.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        match name {
+            "ES256" => Some(Alg::Es256),
+            _ => None,
+        }
+    }
+
+    /// Length of the raw signature the token must return.
+    pub fn signature_len(self) -> usize {
+        match self {
+            Alg::Es256 => 64,
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a signing input or header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoseError {
+    /// Not two base64url segments.
+    #[error("the signing input must be BASE64URL(header).BASE64URL(payload): {0}")]
+    Shape(&'static str),
+    /// A segment is not canonical unpadded base64url.
+    #[error("the {0} segment is not unpadded base64url")]
+    Base64(&'static str),
+    /// A segment does not decode to a JSON object.
+    #[error("the {0} segment is not a JSON object: {1}")]
+    Json(&'static str, String),
+    /// The header has no usable `alg`.
+    #[error("the header has no `alg` string")]
+    NoAlg,
+    /// `alg` is `none`, an HMAC, or unknown.
+    #[error("alg {0:?} is not signed by this agent (it signs with keys on the token: ES256)")]
+    UnsupportedAlg(String),
+    /// `b64: false` (RFC 7797) would make the payload checks meaningless.
+    #[error("unencoded payloads (`b64: false`) are not signed")]
+    UnencodedPayload,
+}
+
+/// A checked JWS signing input: two base64url segments of JSON objects with a known `alg`.
+#[derive(Debug, Clone)]
+pub struct SigningInput {
+    /// The header, decoded.
+    pub header: Map<String, Value>,
+    /// The claims, decoded.
+    pub claims: Map<String, Value>,
+    /// The header's `alg`.
+    pub alg: Alg,
+}
+
+/// Checks that `input` is JWT signing input and decodes it. This is what keeps the daemon from
+/// signing arbitrary bytes: only `BASE64URL(json object).BASE64URL(json object)` with a JWS `alg`
+/// this agent implements passes.
+pub fn parse_signing_input(input: &str) -> Result<SigningInput, JoseError> {
+    let (header, payload) = input.split_once('.').ok_or(JoseError::Shape("there is no `.`"))?;
+    if payload.contains('.') {
+        return Err(JoseError::Shape("there is more than one `.`"));
+    }
+    if header.is_empty() || payload.is_empty() {
+        return Err(JoseError::Shape("a segment is empty"));
+    }
+    let header = decode_object(header, "header")?;
+    let claims = decode_object(payload, "payload")?;
+    let alg = header_alg(&header)?;
+    Ok(SigningInput { header, claims, alg })
+}
+
+/// The `alg` of a header, refused unless this agent signs with it.
+pub fn header_alg(header: &Map<String, Value>) -> Result<Alg, JoseError> {
+    if header.get("b64") == Some(&Value::Bool(false)) {
+        return Err(JoseError::UnencodedPayload);
+    }
+    let name = header.get("alg").and_then(Value::as_str).ok_or(JoseError::NoAlg)?;
+    Alg::from_name(name).ok_or_else(|| JoseError::UnsupportedAlg(name.to_owned()))
+}
+
+fn decode_object(segment: &str, which: &'static str) -> Result<Map<String, Value>, JoseError> {
+    // The base64 engine refuses padding, `+`, `/` and non-canonical trailing bits.
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| JoseError::Base64(which))?;
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .map(|object| object.0)
+        .map_err(|e| JoseError::Json(which, e.to_string()))
+}
+
+/// Encodes header and claims as signing input.
+pub fn encode_signing_input(header: &Map<String, Value>, claims: &Map<String, Value>) -> String {
+    let mut out = String::with_capacity(256);
+    encode_json(header, &mut out);
+    out.push('.');
+    encode_json(claims, &mut out);
+    out
+}
+
+fn encode_json(object: &Map<String, Value>, out: &mut String) {
+    // Serializing a map of JSON values cannot fail.
+    let json = serde_json::to_vec(object).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode_string(json, out);
+}
+
+/// Appends `.BASE64URL(signature)` to signing input, making the compact JWS.
+pub fn compact(signing_input: &str, signature: &[u8]) -> String {
+    let mut token = String::with_capacity(signing_input.len() + 1 + signature.len() * 4 / 3 + 2);
+    token.push_str(signing_input);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    token
+}
+
+/// A JSON object whose members have distinct names. A duplicate `alg` or `aud` would let two
+/// parsers read one token two ways, so such input is refused.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor;
+        impl<'de> Visitor<'de> for UniqueVisitor {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format!("member {name:?} appears twice")));
+                    }
+                    map.insert(name, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        deserializer.deserialize_map(UniqueVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn accepts_jwt_signing_input() {
+        let input = format!("{}.{}", b64(r#"{"alg":"ES256","typ":"JWT"}"#), b64(r#"{"iss":"x"}"#));
+        let parsed = parse_signing_input(&input).unwrap();
+        assert_eq!(parsed.alg, Alg::Es256);
+        assert_eq!(parsed.claims["iss"], "x");
+    }
+
+    #[test]
+    fn refuses_what_is_not_jwt_signing_input() {
+        let header = b64(r#"{"alg":"ES256"}"#);
+        let claims = b64("{}");
+        let cases = [
+            String::new(),
+            "abc".to_owned(),
+            format!("{header}.{claims}.{claims}"),
+            format!("{header}."),
+            format!(".{claims}"),
+            format!("{header}=.{claims}"),
+            format!("{}.{claims}", b64(r#"{"alg":"none"}"#)),
+            format!("{}.{claims}", b64(r#"{"alg":"HS256"}"#)),
+            format!("{}.{claims}", b64(r#"{"typ":"JWT"}"#)),
+            format!("{}.{claims}", b64(r#"{"alg":"ES256","alg":"none"}"#)),
+            format!("{}.{claims}", b64(r#"{"alg":"ES256","b64":false}"#)),
+            format!("{header}.{}", b64("[1]")),
+            format!("{header}.{}", b64("not json")),
+            format!("{header}.{}", base64::engine::general_purpose::STANDARD.encode("{\"a\":\"??>\"}")),
+        ];
+        for case in cases {
+            assert!(parse_signing_input(&case).is_err(), "accepted {case:?}");
+        }
+    }
+
+    #[test]
+    fn compact_appends_the_signature() {
+        assert_eq!(compact("a.b", &[0xff, 0xfe]), "a.b.__4");
+    }
+}

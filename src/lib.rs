@@ -1,0 +1,23 @@
+//! jwt-agent: sign JSON Web Tokens with keys that never leave a PKCS#11 token.
+//!
+//! A daemon ([`daemon`]) holds one logged-in token ([`token`]) and answers signing requests on a
+//! Unix socket with newline-delimited JSON ([`protocol`]); [`Client`] is the other end of that
+//! socket, used by the CLI ([`cli`]) and by Rust programs. See `docs/architecture.md`.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used)]
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod duration;
+pub mod error;
+pub mod jose;
+pub mod log;
+pub mod paths;
+pub mod pin;
+pub mod protocol;
+pub mod token;
+
+pub use client::{Client, ClientError};
+pub use error::{ErrorCode, WireError};

@@ -1,0 +1,58 @@
+//! The daemon's diagnostic log: one line per event on stderr, which systemd, a container runtime
+//! or `start`'s log file collects. Never given a PIN or key material.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes one log line: an RFC 3339 UTC time, the level, the message.
+pub fn write(level: &str, message: std::fmt::Arguments) {
+    eprintln!("{} jwt-agent {level}: {message}", rfc3339(SystemTime::now()));
+}
+
+/// Logs an event in the daemon's life.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::write("info", format_args!($($arg)*)) };
+}
+
+/// Logs something that went wrong but did not stop the daemon.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::write("warn", format_args!($($arg)*)) };
+}
+
+/// Formats a time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_032_902);
+        assert_eq!(rfc3339(t), "2026-11-30T10:01:42Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,56 @@
+//! Where the agent's socket lives, and the checks on its folder.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The environment variable that names the agent's socket.
+pub const SOCK_ENV: &str = "JWT_AGENT_SOCK";
+
+/// The socket path: `explicit` (from `--socket`), else `$JWT_AGENT_SOCK`, else
+/// `$XDG_RUNTIME_DIR/jwt-agent/agent.sock`, else `/tmp/jwt-agent-$UID/agent.sock`. Made absolute,
+/// so that the path `start` prints works from any folder.
+pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
+    let env_path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let path = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| env_path(SOCK_ENV))
+        .or_else(|| env_path("XDG_RUNTIME_DIR").map(|dir| dir.join("jwt-agent/agent.sock")))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/jwt-agent-{}/agent.sock", euid())));
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Makes sure the socket's folder exists and is private: created 0700 when missing; when it
+/// exists it must be a folder of this uid that no one else can write to.
+pub fn prepare_socket_dir(socket: &Path) -> io::Result<()> {
+    let dir = socket.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            // The umask may have narrowed the mode, never widened it; set it exactly.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
+        Ok(meta) if !meta.is_dir() => Err(io::Error::other(format!(
+            "{} is not a folder; give --socket a path in a private folder",
+            dir.display()
+        ))),
+        Ok(meta) if meta.uid() != euid() => Err(io::Error::other(format!(
+            "the socket folder {} belongs to uid {}, not to this user; give --socket a path in a folder of your own",
+            dir.display(),
+            meta.uid()
+        ))),
+        Ok(meta) if meta.mode() & 0o022 != 0 => Err(io::Error::other(format!(
+            "the socket folder {} is writable by others; give --socket a path in a private (0700) folder",
+            dir.display()
+        ))),
+        Ok(_) => Ok(()),
+    }
+}

@@ -1,0 +1,93 @@
+//! Where the daemon's PIN comes from: `--pin-file`, else `$JWT_AGENT_PIN`, else a no-echo prompt
+//! on a terminal. Never a flag that takes the PIN itself: it would show in `ps`.
+
+use cryptoki::types::AuthPin;
+use std::io::{BufRead, IsTerminal};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// The environment variable that may hold the PIN.
+pub const PIN_ENV: &str = "JWT_AGENT_PIN";
+
+/// Why no PIN could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The PIN file could not be read.
+    #[error("cannot read the PIN file {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No source of a PIN was given and there is no terminal to ask on.
+    #[error("no PIN: give --pin-file FILE or set JWT_AGENT_PIN (there is no terminal to ask on)")]
+    NoSource,
+    /// Reading from the terminal or stdin failed.
+    #[error("cannot read the PIN: {0}")]
+    Read(std::io::Error),
+    /// The PIN is empty.
+    #[error("the PIN is empty")]
+    Empty,
+}
+
+/// Where to read the PIN from.
+#[derive(Debug, Clone, Copy)]
+pub enum PinSource<'a> {
+    /// A file of its own (first line, trailing newline dropped).
+    File(&'a Path),
+    /// One line on standard input: how `start` hands a prompted PIN to the daemon it spawns.
+    Stdin,
+    /// `$JWT_AGENT_PIN`, else a prompt on the terminal.
+    EnvOrPrompt,
+}
+
+/// Reads the PIN. The intermediate buffers are zeroized; the result zeroizes itself on drop.
+pub fn read_pin(source: PinSource, prompt: &str) -> Result<AuthPin, PinError> {
+    let text: Zeroizing<String> = match source {
+        PinSource::File(path) => {
+            let bytes = Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|source| PinError::File { path: path.display().to_string(), source })?,
+            );
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.mode() & 0o044 != 0
+            {
+                crate::warn!("the PIN file {} is readable by others; chmod 600 it", path.display());
+            }
+            Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        PinSource::Stdin => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin().lock().read_line(&mut line).map_err(PinError::Read)?;
+            line
+        }
+        PinSource::EnvOrPrompt => match std::env::var(PIN_ENV) {
+            Ok(pin) => Zeroizing::new(pin),
+            Err(_) => prompt_on_terminal(prompt)?,
+        },
+    };
+    let pin = first_line(&text);
+    if pin.is_empty() {
+        return Err(PinError::Empty);
+    }
+    Ok(AuthPin::from(pin))
+}
+
+/// Asks on the terminal without echo, or says how else to give the PIN.
+pub fn prompt_on_terminal(prompt: &str) -> Result<Zeroizing<String>, PinError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(PinError::NoSource);
+    }
+    rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(PinError::Read)
+}
+
+/// Whether a PIN would come from somewhere other than a prompt.
+pub fn has_non_interactive_source(pin_file: Option<&Path>) -> bool {
+    pin_file.is_some() || std::env::var_os(PIN_ENV).is_some()
+}
+
+fn first_line(text: &str) -> &str {
+    text.split(['\n', '\r']).next().unwrap_or("")
+}

@@ -1,0 +1,327 @@
+//! The wire protocol: newline-delimited JSON requests and answers on the agent's socket.
+//!
+//! One definition of every request and answer, used by the daemon to decode and by
+//! [`crate::Client`] to encode. This module knows nothing of sockets or tokio; see
+//! `docs/protocol.md` for the format with examples.
+
+use crate::error::{ErrorCode, WireError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The longest request or answer line, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A request, tagged by its `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Sign `BASE64URL(header).BASE64URL(payload)` built by the caller.
+    SignInput {
+        /// The key's label on the token.
+        key: String,
+        /// The JWS signing input.
+        input: String,
+    },
+    /// Build and sign a JWT from header and claims.
+    Sign(SignRequest),
+    /// List the signing keys on the token.
+    Keys {},
+    /// Report the token, keys, pool and counters.
+    Status {},
+    /// Stop the daemon cleanly.
+    Stop {},
+}
+
+impl Request {
+    /// Every `op` this version of the protocol knows.
+    pub const OPS: &'static [&'static str] = &["sign_input", "sign", "keys", "status", "stop"];
+}
+
+/// The fields of a `sign` request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// The key's label on the token.
+    pub key: String,
+    /// A preset that fills and checks header and claims for a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Header members to set (the daemon adds `alg` and `typ`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub header: Map<String, Value>,
+    /// Claims to set (the daemon adds `iat`, and `exp` from `ttl`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub claims: Map<String, Value>,
+    /// Lifetime, such as `"20m"`: sets `exp` to `iat` plus this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Sign anew even when a cached token would do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
+}
+
+/// The result of `sign_input`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInputResult {
+    /// The compact JWS.
+    pub token: String,
+}
+
+/// The result of `sign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignResult {
+    /// The compact JWS.
+    pub token: String,
+    /// Whether the token came from the daemon's cache.
+    pub cached: bool,
+}
+
+/// One signing key, as `keys` and `status` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, lowercase hex.
+    pub id: String,
+    /// The JWS algorithm the key signs with by default, or `null` when unsupported.
+    pub alg: Option<String>,
+    /// The `kid` the key's tokens carry by default.
+    pub kid: Option<String>,
+    /// `SHA256:` and the unpadded base64 SHA-256 of the public key's SPKI DER, as ssh-keygen
+    /// prints them; `null` when the token holds no public key for it.
+    pub fingerprint: Option<String>,
+}
+
+/// The result of `keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysResult {
+    /// The signing keys on the token.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// The token part of `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenStatus {
+    /// Token label.
+    pub label: String,
+    /// Manufacturer id.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// PKCS#11 module path.
+    pub module: String,
+    /// `logged_in`, or what is wrong.
+    pub state: String,
+    /// The user PIN counters the token reports.
+    pub pin: PinCounters,
+}
+
+/// The token's user PIN flags (`CKF_USER_PIN_COUNT_LOW`, `_FINAL_TRY`, `_LOCKED`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinCounters {
+    /// A wrong PIN was entered since the last good one.
+    pub count_low: bool,
+    /// One more wrong PIN locks the token.
+    pub final_try: bool,
+    /// The PIN is locked.
+    pub locked: bool,
+}
+
+/// The session pool part of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Number of PKCS#11 sessions (and worker threads).
+    pub sessions: usize,
+}
+
+/// The counters part of `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Signatures made by the token.
+    pub signatures: u64,
+    /// Tokens answered from the cache.
+    pub cache_hits: u64,
+    /// Requests refused (bad input, policy, unknown key).
+    pub refusals: u64,
+    /// Requests that failed on the token.
+    pub token_errors: u64,
+}
+
+/// The result of `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// The token.
+    pub token: TokenStatus,
+    /// The signing keys.
+    pub keys: Vec<KeyInfo>,
+    /// The session pool.
+    pub pool: PoolStatus,
+    /// What the daemon has done.
+    pub counters: Counters,
+}
+
+/// The result of `stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopResult {
+    /// The process id of the daemon that is stopping.
+    pub pid: u32,
+}
+
+/// A request with its optional `id`, as the daemon reads it off a line.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The caller's `id`, echoed in the answer.
+    pub id: Option<Value>,
+    /// The request, or why it could not be decoded.
+    pub request: Result<Request, WireError>,
+}
+
+/// Decodes one request line (without its newline). Never fails: a line that is not a
+/// request decodes to the error its answer must carry.
+pub fn decode_request(line: &[u8]) -> Incoming {
+    let mut object = match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => return Incoming::error(None, WireError::bad_request("a request must be a JSON object")),
+        Err(e) => {
+            return Incoming::error(
+                None,
+                WireError::bad_request(format!("the request is not valid JSON: {e}")),
+            );
+        }
+    };
+    let id = object.remove("id");
+    let op = match object.get("op") {
+        Some(Value::String(op)) => op,
+        Some(_) => return Incoming::error(id, WireError::bad_request("`op` must be a string")),
+        None => return Incoming::error(id, WireError::bad_request("the request has no `op`")),
+    };
+    if !Request::OPS.contains(&op.as_str()) {
+        let message = format!("unknown op {op:?}; this agent knows {}", Request::OPS.join(", "));
+        return Incoming::error(id, WireError::new(ErrorCode::UnknownOp, message));
+    }
+    let request = serde_json::from_value(Value::Object(object))
+        .map_err(|e| WireError::bad_request(format!("invalid request: {e}")));
+    Incoming { id, request }
+}
+
+impl Incoming {
+    fn error(id: Option<Value>, error: WireError) -> Self {
+        Incoming { id, request: Err(error) }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    ok: bool,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a WireError,
+}
+
+/// Encodes a successful answer line, newline included.
+pub fn encode_ok<T: Serialize>(id: Option<&Value>, result: &T) -> Vec<u8> {
+    let envelope = Envelope { id, ok: true, body: result };
+    match serde_json::to_vec(&envelope) {
+        Ok(mut line) => {
+            line.push(b'\n');
+            line
+        }
+        Err(e) => {
+            encode_error(id, &WireError::new(ErrorCode::Internal, format!("cannot encode the answer: {e}")))
+        }
+    }
+}
+
+/// Encodes an error answer line, newline included.
+pub fn encode_error(id: Option<&Value>, error: &WireError) -> Vec<u8> {
+    let envelope = Envelope { id, ok: false, body: ErrorBody { error } };
+    // A struct of strings and an enum always serializes.
+    let mut line = serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// Encodes a request line, newline included (the client's side).
+pub fn encode_request(id: Option<u64>, request: &Request) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(flatten)]
+        request: &'a Request,
+    }
+    let mut line = serde_json::to_vec(&Out { id, request })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Decodes an answer line into the expected result, or the daemon's error (the client's side).
+pub fn decode_answer<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, WireError> {
+    #[derive(Deserialize)]
+    struct Head {
+        ok: bool,
+        error: Option<WireError>,
+    }
+    let malformed = |e: serde_json::Error| {
+        WireError::new(ErrorCode::Internal, format!("the agent's answer is malformed: {e}"))
+    };
+    let value: Value = serde_json::from_slice(line).map_err(malformed)?;
+    let head: Head = Head::deserialize(&value).map_err(malformed)?;
+    if !head.ok {
+        return Err(head
+            .error
+            .unwrap_or_else(|| WireError::new(ErrorCode::Internal, "the agent failed without saying why")));
+    }
+    T::deserialize(value).map_err(malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let request = Request::SignInput { key: "asc".into(), input: "a.b".into() };
+        let line = encode_request(Some(7), &request).unwrap();
+        assert_eq!(line, b"{\"id\":7,\"op\":\"sign_input\",\"key\":\"asc\",\"input\":\"a.b\"}\n");
+        let incoming = decode_request(&line[..line.len() - 1]);
+        assert_eq!(incoming.id, Some(Value::from(7)));
+        assert_eq!(incoming.request.unwrap(), request);
+    }
+
+    #[test]
+    fn unknown_op_and_fields_are_told_apart() {
+        let incoming = decode_request(br#"{"op":"frobnicate"}"#);
+        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::UnknownOp);
+        let incoming = decode_request(br#"{"op":"keys","id":"x","extra":1}"#);
+        assert_eq!(incoming.id, Some(Value::from("x")));
+        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::BadRequest);
+        let incoming = decode_request(br#"[1,2]"#);
+        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let line = encode_ok(Some(&Value::from(3)), &SignResult { token: "t".into(), cached: false });
+        assert_eq!(line, b"{\"id\":3,\"ok\":true,\"token\":\"t\",\"cached\":false}\n");
+        let result: SignResult = decode_answer(&line).unwrap();
+        assert_eq!(result.token, "t");
+        let line = encode_error(None, &WireError::new(ErrorCode::UnknownKey, "no key"));
+        let error = decode_answer::<SignResult>(&line).unwrap_err();
+        assert_eq!(error, WireError::new(ErrorCode::UnknownKey, "no key"));
+    }
+}

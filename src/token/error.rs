@@ -1,0 +1,165 @@
+//! What can go wrong on the token, in sentences a user can act on.
+
+use crate::error::{ErrorCode, WireError};
+use crate::jose::Alg;
+use crate::protocol::PinCounters;
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
+
+/// A failure in the PKCS#11 layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The module could not be loaded.
+    #[error("cannot load the PKCS#11 module {path}: {reason}; check --module")]
+    Module {
+        /// The module path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// No token with that label.
+    #[error("no token labelled {label:?} (tokens present: {}); check --token", list(seen))]
+    NoToken {
+        /// The label asked for.
+        label: String,
+        /// The labels present.
+        seen: Vec<String>,
+    },
+    /// Several tokens carry the label.
+    #[error("more than one token is labelled {label:?}; relabel one of them")]
+    AmbiguousToken {
+        /// The label.
+        label: String,
+    },
+    /// The token rejected the PIN.
+    #[error(
+        "the token rejected the PIN ({rv:?}; {}); it was tried once and will not be retried",
+        counters_sentence(counters)
+    )]
+    PinRejected {
+        /// The PKCS#11 return value.
+        rv: RvError,
+        /// The token's counters after the rejection.
+        counters: PinCounters,
+    },
+    /// The token rejected the PIN earlier; the agent will not log in by itself again.
+    #[error(
+        "the token rejected the PIN before, so the agent does not log in again by itself; restart it with the right PIN"
+    )]
+    PinRejectedBefore,
+    /// No private key with that label.
+    #[error("no private key labelled {0:?} on the token; `jwt-agent keys` lists them")]
+    NoKey(String),
+    /// Several private keys carry the label.
+    #[error("more than one private key is labelled {0:?}; give each key its own label")]
+    AmbiguousKey(String),
+    /// The key is of a type this agent does not sign with.
+    #[error("the key {0:?} is of a type this agent does not sign with (ES256 keys are P-256 EC keys)")]
+    UnsupportedKey(String),
+    /// The header's `alg` is not what the key signs.
+    #[error("the key {key:?} signs {can}, not {asked}")]
+    WrongAlg {
+        /// The key's label.
+        key: String,
+        /// The `alg` asked for.
+        asked: Alg,
+        /// The `alg` the key signs.
+        can: Alg,
+    },
+    /// The token returned a signature of the wrong size.
+    #[error("the token returned a {len}-byte signature for {alg}; it is not used")]
+    BadSignature {
+        /// The algorithm.
+        alg: Alg,
+        /// The length returned.
+        len: usize,
+    },
+    /// A PKCS#11 call failed.
+    #[error("{}", pkcs11_sentence(*.0, *.1))]
+    Pkcs11(RvError, Function),
+    /// Another cryptoki failure (conversion, missing symbol).
+    #[error("PKCS#11 failure: {0}")]
+    Other(String),
+    /// The session pool is shut down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+impl From<CkError> for TokenError {
+    fn from(e: CkError) -> Self {
+        match e {
+            CkError::Pkcs11(rv, function) => TokenError::Pkcs11(rv, function),
+            e => TokenError::Other(e.to_string()),
+        }
+    }
+}
+
+impl TokenError {
+    /// Whether the token dropped the session or the login, so that reopening the session and
+    /// logging in again may cure it.
+    pub fn is_session_fault(&self) -> bool {
+        matches!(
+            self,
+            TokenError::Pkcs11(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::UserNotLoggedIn
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::KeyHandleInvalid
+                    | RvError::ObjectHandleInvalid,
+                _
+            )
+        )
+    }
+
+    /// The wire error for this failure.
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            TokenError::NoKey(_) => ErrorCode::UnknownKey,
+            TokenError::AmbiguousKey(_) | TokenError::UnsupportedKey(_) | TokenError::WrongAlg { .. } => {
+                ErrorCode::BadRequest
+            }
+            _ => ErrorCode::TokenError,
+        };
+        WireError::new(code, self.to_string())
+    }
+}
+
+fn list(labels: &[String]) -> String {
+    if labels.is_empty() {
+        "none".to_owned()
+    } else {
+        labels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn counters_sentence(c: &PinCounters) -> &'static str {
+    if c.locked {
+        "the PIN is now locked: unblock it with the SO PIN"
+    } else if c.final_try {
+        "one more wrong PIN locks the token"
+    } else if c.count_low {
+        "the token counts wrong PINs and has fewer tries left"
+    } else {
+        "the token reports no low PIN count"
+    }
+}
+
+fn pkcs11_sentence(rv: RvError, function: Function) -> String {
+    let what = match rv {
+        RvError::DeviceRemoved | RvError::TokenNotPresent => {
+            "the token is not there: plug it back in or restart its connector; the agent logs in again on the next request"
+        }
+        RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn => {
+            "the token dropped the session or the login and it could not be restored; check the token, then retry"
+        }
+        RvError::DeviceError | RvError::GeneralError | RvError::FunctionFailed => {
+            "the token reported a failure; check the token or its connector and retry"
+        }
+        RvError::DeviceMemory | RvError::HostMemory => "the token or host is out of memory",
+        RvError::KeyFunctionNotPermitted => "the key is not allowed to sign (CKA_SIGN is false)",
+        _ => "the token refused the operation",
+    };
+    format!("{what} ({function}: {rv:?})")
+}

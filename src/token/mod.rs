@@ -1,0 +1,218 @@
+//! The PKCS#11 layer: loading the module, finding the token, logging in, finding keys and
+//! signing. Every call here blocks; the daemon makes them from the session pool's worker
+//! threads ([`pool`]), never from the async reactor.
+
+mod error;
+mod keys;
+pub mod pool;
+
+pub use error::TokenError;
+pub use keys::Key;
+
+use crate::jose::Alg;
+use crate::protocol::{KeyInfo, PinCounters, TokenStatus};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::{Limit, Slot};
+use cryptoki::types::AuthPin;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// One token in one loaded PKCS#11 module, logged in as the user.
+pub struct Token {
+    ctx: Pkcs11,
+    slot: Slot,
+    module: PathBuf,
+    label: String,
+    /// The PIN that logged in, kept to log in again after the token drops the login.
+    pin: AuthPin,
+    /// Set when the token rejected the PIN: from then on nothing logs in by itself.
+    pin_rejected: AtomicBool,
+    /// Serializes logins, so that workers recovering at once spend one try, not one each.
+    login_lock: Mutex<()>,
+    mechanisms: Vec<MechanismType>,
+    /// Key handles by label, found once. Cleared when the token loses its objects' handles.
+    keys: RwLock<HashMap<String, Arc<Key>>>,
+}
+
+impl Token {
+    /// Loads `module`, finds the token labelled `label` and logs in with `pin`. A rejected PIN
+    /// is tried exactly once and reported with the token's PIN counters.
+    pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<(Token, Session), TokenError> {
+        let ctx = Pkcs11::new(module)
+            .map_err(|e| TokenError::Module { path: module.display().to_string(), reason: e.to_string() })?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).or_else(|e| match e {
+            CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _) => Ok(()),
+            e => Err(e),
+        })?;
+        let slot = find_slot(&ctx, label)?;
+        let mechanisms = ctx.get_mechanism_list(slot)?;
+        let token = Token {
+            ctx,
+            slot,
+            module: module.to_path_buf(),
+            label: label.to_owned(),
+            pin,
+            pin_rejected: AtomicBool::new(false),
+            login_lock: Mutex::new(()),
+            mechanisms,
+            keys: RwLock::new(HashMap::new()),
+        };
+        let session = token.open_session()?;
+        token.login(&session)?;
+        Ok((token, session))
+    }
+
+    /// Opens a read-only session (signing needs no more).
+    pub fn open_session(&self) -> Result<Session, TokenError> {
+        Ok(self.ctx.open_ro_session(self.slot)?)
+    }
+
+    /// Logs the user in unless the token already has the login. Never tries a PIN the token
+    /// has rejected before.
+    pub fn login(&self, session: &Session) -> Result<(), TokenError> {
+        let _guard = self.login_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.pin_rejected.load(Ordering::SeqCst) {
+            return Err(TokenError::PinRejectedBefore);
+        }
+        if let Ok(info) = session.get_session_info()
+            && matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser)
+        {
+            return Ok(());
+        }
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
+                _,
+            )) => {
+                self.pin_rejected.store(true, Ordering::SeqCst);
+                Err(TokenError::PinRejected { rv, counters: self.pin_counters() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Logs out (best effort, at shutdown).
+    pub fn logout(&self, session: &Session) {
+        match session.logout() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => {}
+            Err(e) => crate::warn!("logging out of the token failed: {e}"),
+        }
+    }
+
+    /// Calls `C_Finalize`. Every session must be closed first.
+    pub fn finalize(self) {
+        if let Err(e) = self.ctx.finalize() {
+            crate::warn!("finalizing the PKCS#11 module failed: {e}");
+        }
+    }
+
+    /// The session count the token allows, if it says.
+    pub fn max_sessions(&self) -> Option<usize> {
+        match self.ctx.get_token_info(self.slot).ok()?.max_session_count() {
+            Limit::Max(n) => usize::try_from(n).ok(),
+            Limit::Unavailable | Limit::Infinite => None,
+        }
+    }
+
+    /// The token's user PIN flags, as it reports them now.
+    pub fn pin_counters(&self) -> PinCounters {
+        match self.ctx.get_token_info(self.slot) {
+            Ok(info) => PinCounters {
+                count_low: info.user_pin_count_low(),
+                final_try: info.user_pin_final_try(),
+                locked: info.user_pin_locked(),
+            },
+            Err(_) => PinCounters::default(),
+        }
+    }
+
+    /// Label, manufacturer, model, serial and state, for `status`.
+    pub fn status(&self, session: Option<&Session>) -> TokenStatus {
+        let info = self.ctx.get_token_info(self.slot);
+        let field = |f: fn(&cryptoki::slot::TokenInfo) -> &str| {
+            info.as_ref().map(|i| f(i).trim().to_owned()).unwrap_or_default()
+        };
+        let state = match (&info, session.map(Session::get_session_info)) {
+            (Err(e), _) => format!("unreachable: {e}"),
+            (_, Some(Ok(s))) if matches!(s.session_state(), SessionState::RoUser | SessionState::RwUser) => {
+                "logged_in".to_owned()
+            }
+            (_, Some(Ok(_))) => "logged_out".to_owned(),
+            (_, Some(Err(e))) => format!("session lost: {e}"),
+            (_, None) => "no session".to_owned(),
+        };
+        TokenStatus {
+            label: self.label.clone(),
+            manufacturer: field(|i| i.manufacturer_id()),
+            model: field(|i| i.model()),
+            serial: field(|i| i.serial_number()),
+            module: self.module.display().to_string(),
+            state,
+            pin: self.pin_counters(),
+        }
+    }
+
+    /// The key labelled `label`, from the cache or found on the token.
+    pub fn key(&self, session: &Session, label: &str) -> Result<Arc<Key>, TokenError> {
+        if let Some(key) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(label) {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(keys::find_by_label(session, label)?);
+        let mut cache = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        Ok(cache.entry(label.to_owned()).or_insert(key).clone())
+    }
+
+    /// Forgets the cached key handles (after the token dropped its sessions).
+    pub fn forget_keys(&self) {
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Lists the signing keys on the token.
+    pub fn list_keys(&self, session: &Session) -> Result<Vec<KeyInfo>, TokenError> {
+        keys::list(session)
+    }
+
+    /// Signs JWS signing input with `key` for `alg`, inside the token. Returns the raw JWS
+    /// signature (`r || s` for ECDSA).
+    pub fn sign(&self, session: &Session, key: &Key, alg: Alg, input: &[u8]) -> Result<Vec<u8>, TokenError> {
+        let signature = match alg {
+            Alg::Es256 if self.mechanisms.contains(&MechanismType::ECDSA_SHA256) => {
+                session.sign(&Mechanism::EcdsaSha256, key.handle, input)?
+            }
+            Alg::Es256 => {
+                // Raw CKM_ECDSA signs whatever it is given: it must be the 32-byte digest.
+                let digest: [u8; 32] = Sha256::digest(input).into();
+                session.sign(&Mechanism::Ecdsa, key.handle, &digest)?
+            }
+        };
+        if signature.len() != alg.signature_len() {
+            return Err(TokenError::BadSignature { alg, len: signature.len() });
+        }
+        Ok(signature)
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
+    let mut seen = Vec::new();
+    let mut found = Vec::new();
+    for slot in ctx.get_slots_with_token()? {
+        let Ok(info) = ctx.get_token_info(slot) else { continue };
+        let this = info.label().trim_end().to_owned();
+        if this == label {
+            found.push(slot);
+        }
+        seen.push(this);
+    }
+    match found.as_slice() {
+        [slot] => Ok(*slot),
+        [] => Err(TokenError::NoToken { label: label.to_owned(), seen }),
+        _ => Err(TokenError::AmbiguousToken { label: label.to_owned() }),
+    }
+}

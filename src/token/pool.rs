@@ -1,0 +1,127 @@
+//! The session pool: N worker threads, each owning one PKCS#11 session (a `Session` is `Send`
+//! but not `Sync`, so one session never serves two threads). The async side hands them jobs
+//! over a bounded channel and awaits the answer; no PKCS#11 call runs on the reactor.
+
+use super::{Token, TokenError};
+use cryptoki::session::Session;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Jobs that may wait for a worker; beyond this, callers wait before queueing.
+const QUEUE_PER_SESSION: usize = 64;
+
+/// A fixed set of sessions on one token, each used by one blocking worker thread at a time.
+pub struct Pool {
+    token: Arc<Token>,
+    jobs: mpsc::Sender<Job>,
+    workers: Vec<JoinHandle<Option<Session>>>,
+}
+
+/// A worker's view: the token, and its own session, reopened when the token drops it.
+pub struct Worker {
+    token: Arc<Token>,
+    session: Option<Session>,
+}
+
+impl Pool {
+    /// Starts `size` workers. `first` is the session that logged in; the others are opened
+    /// now, so that a token with too few sessions fails at start, not on a request.
+    pub fn start(token: Arc<Token>, first: Session, size: usize) -> Result<Pool, TokenError> {
+        let size = size.max(1);
+        let mut sessions = vec![first];
+        for _ in 1..size {
+            sessions.push(token.open_session()?);
+        }
+        let (jobs, receiver) = mpsc::channel::<Job>(size * QUEUE_PER_SESSION);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut workers = Vec::with_capacity(size);
+        for (n, session) in sessions.into_iter().enumerate() {
+            let worker = Worker { token: token.clone(), session: Some(session) };
+            let receiver = receiver.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("pkcs11-{n}"))
+                .spawn(move || worker.run(&receiver))
+                .map_err(|e| TokenError::Other(format!("cannot start a worker thread: {e}")))?;
+            workers.push(handle);
+        }
+        Ok(Pool { token, jobs, workers })
+    }
+
+    /// The number of sessions.
+    pub fn size(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The token behind the pool.
+    pub fn token(&self) -> &Arc<Token> {
+        &self.token
+    }
+
+    /// Runs `f` on a worker's session. When the token has dropped the session or the login,
+    /// the worker reopens the session, logs in again with the PIN that worked, and runs `f`
+    /// once more; a second failure is returned.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, TokenError>
+    where
+        T: Send + 'static,
+        F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |worker: &mut Worker| {
+            // The caller may have gone away; its answer is then dropped.
+            let _ = reply.send(worker.call(&f));
+        });
+        self.jobs.send(job).await.map_err(|_| TokenError::ShuttingDown)?;
+        answer.await.map_err(|_| TokenError::ShuttingDown)?
+    }
+
+    /// Stops taking jobs, lets the workers finish the queue, logs out and finalizes the module.
+    pub fn shutdown(self) {
+        let Pool { token, jobs, workers } = self;
+        drop(jobs);
+        let sessions: Vec<Session> = workers.into_iter().filter_map(|w| w.join().ok().flatten()).collect();
+        if let Some(session) = sessions.first() {
+            token.logout(session);
+        }
+        drop(sessions);
+        match Arc::try_unwrap(token) {
+            Ok(token) => token.finalize(),
+            Err(_) => crate::warn!("the token is still in use at shutdown; not finalizing the module"),
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self, jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Session> {
+        loop {
+            // Holding the lock while waiting is what makes this a shared queue: the next
+            // idle worker takes the next job.
+            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+            match job {
+                Some(job) => job(&mut self),
+                None => return self.session.take(),
+            }
+        }
+    }
+
+    fn call<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {
+        if let Some(session) = &self.session {
+            match f(&self.token, session) {
+                Err(e) if e.is_session_fault() => {
+                    crate::warn!("the token dropped a session ({e}); reopening it and logging in again");
+                }
+                result => return result,
+            }
+        }
+        // Either the session faulted just now, or reopening it failed on an earlier request.
+        // One reopen and one login per fault: nothing here loops.
+        self.session = None;
+        self.token.forget_keys();
+        let session = self.token.open_session()?;
+        self.token.login(&session)?;
+        let session = self.session.insert(session);
+        f(&self.token, session)
+    }
+}
