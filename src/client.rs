@@ -80,15 +80,17 @@ impl Client {
         self.next_id += 1;
         let line = protocol::encode_request(Some(id), request)
             .map_err(|e| WireError::bad_request(format!("cannot encode the request: {e}")))?;
-        self.writer.write_all(&line)?;
+        // A daemon that refuses the connection says why and closes; that answer may already be
+        // waiting when the write fails, so read it before reporting the write error.
+        let written = self.writer.write_all(&line);
         let mut answer = Vec::with_capacity(512);
-        self.reader.read_until(b'\n', &mut answer)?;
+        let read = self.reader.read_until(b'\n', &mut answer);
         if answer.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the agent closed the connection",
-            )
-            .into());
+            written?;
+            read?;
+            let closed =
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the agent closed the connection");
+            return Err(closed.into());
         }
         Ok(protocol::decode_answer(&answer)?)
     }

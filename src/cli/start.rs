@@ -40,9 +40,10 @@ pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     };
 
     let log_path = socket.with_extension("log");
-    let mut log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(|e| {
-        Failure::new(EXIT_OTHER, format!("cannot open the agent's log {}: {e}", log_path.display()))
-    })?;
+    let mut log =
+        OpenOptions::new().create(true).append(true).read(true).mode(0o600).open(&log_path).map_err(|e| {
+            Failure::new(EXIT_OTHER, format!("cannot open the agent's log {}: {e}", log_path.display()))
+        })?;
     let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
     let log_err = log.try_clone().map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
 

@@ -1,0 +1,312 @@
+//! Test support: a fresh SoftHSM token in a temp folder, the real daemon binary on a real socket,
+//! and the CLI run as a user would run it.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_jwt-agent");
+pub const TOKEN_LABEL: &str = "jwt-test";
+pub const PIN: &str = "123456";
+pub const SO_PIN: &str = "654321";
+/// The key every fresh token carries: P-256, as Apple's .p8 keys are.
+pub const KEY: &str = "asc";
+
+fn first_existing(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// SoftHSM's PKCS#11 module: `$JWT_AGENT_TEST_MODULE`, else the usual Debian paths.
+pub fn softhsm_module() -> PathBuf {
+    std::env::var_os("JWT_AGENT_TEST_MODULE").map(PathBuf::from).unwrap_or_else(|| {
+        first_existing(&[
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        ])
+        .expect("libsofthsm2.so not found: run scripts/test.sh, which installs softhsm2")
+    })
+}
+
+/// OpenSC's pkcs11-spy module, which logs every PKCS#11 call it forwards.
+pub fn spy_module() -> PathBuf {
+    std::env::var_os("JWT_AGENT_TEST_SPY").map(PathBuf::from).unwrap_or_else(|| {
+        first_existing(&[
+            "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+            "/usr/lib/aarch64-linux-gnu/pkcs11/pkcs11-spy.so",
+        ])
+        .expect("pkcs11-spy.so not found: run scripts/test.sh, which installs opensc")
+    })
+}
+
+/// A SoftHSM token made fresh in a temp folder, with one P-256 key labelled [`KEY`].
+pub struct Hsm {
+    pub dir: TempDir,
+    pub conf: PathBuf,
+    pub module: PathBuf,
+    pub pin_file: PathBuf,
+}
+
+impl Hsm {
+    pub fn new() -> Hsm {
+        let dir = tempfile::Builder::new().prefix("jwt-agent-test").tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let template =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/softhsm2.conf.in"))
+                .unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, template.replace("@TOKENDIR@", tokens.to_str().unwrap())).unwrap();
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        let hsm = Hsm { dir, conf, module: softhsm_module(), pin_file };
+        hsm.util(&["--init-token", "--free", "--label", TOKEN_LABEL, "--pin", PIN, "--so-pin", SO_PIN]);
+        hsm.import_p256(KEY, "01");
+        hsm
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs softhsm2-util against this token folder.
+    pub fn util(&self, args: &[&str]) {
+        let out = Command::new("softhsm2-util").args(args).env("SOFTHSM2_CONF", &self.conf).output().unwrap();
+        assert!(out.status.success(), "softhsm2-util {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Makes a P-256 PKCS#8 key with openssl, puts it on the token, and returns the public PEM.
+    pub fn import_p256(&self, label: &str, id: &str) -> String {
+        let p8 = self.path(&format!("AuthKey_{label}.p8"));
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+                .arg("-out")
+                .arg(&p8),
+        );
+        let public = run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&p8));
+        let public = String::from_utf8(public.stdout).unwrap();
+        std::fs::write(self.path(&format!("{label}.pub.pem")), &public).unwrap();
+        let p8 = p8.to_str().unwrap().to_owned();
+        self.util(&["--import", &p8, "--token", TOKEN_LABEL, "--label", label, "--id", id, "--pin", PIN]);
+        public
+    }
+
+    pub fn public_pem(&self, label: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{label}.pub.pem"))).unwrap()
+    }
+
+    /// The socket path the tests use: in a 0700 folder inside the temp folder.
+    pub fn socket(&self) -> PathBuf {
+        self.path("run/agent.sock")
+    }
+
+    /// `jwt-agent` with this token's SoftHSM config and socket in its environment.
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .env("SOFTHSM2_CONF", &self.conf)
+            .env("JWT_AGENT_SOCK", self.socket())
+            .env_remove("JWT_AGENT_PIN")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// The daemon's command line for this token, in the foreground.
+    pub fn daemon_command(&self) -> Command {
+        self.daemon_with(&self.module, &self.socket())
+    }
+
+    /// The daemon's command line with another module or socket.
+    pub fn daemon_with(&self, module: &Path, socket: &Path) -> Command {
+        let mut command = self.cli();
+        command.arg("daemon").arg("--module").arg(module).args(["--token", TOKEN_LABEL]);
+        command.arg("--pin-file").arg(&self.pin_file).arg("--socket").arg(socket);
+        command
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn agent(&self) -> Agent {
+        Agent::spawn(self.daemon_command(), self.socket())
+    }
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A running daemon; SIGTERM and reaped on drop.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    pub fn spawn(mut command: Command, socket: PathBuf) -> Agent {
+        let child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut agent = Agent { child, socket };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("the daemon exited with {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "the daemon did not listen within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the daemon to exit; returns its status and what it wrote to stderr.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(stderr) = self.child.stderr.as_mut() {
+                    std::io::Read::read_to_string(stderr, &mut err).unwrap();
+                }
+                return (status, err);
+            }
+            assert!(Instant::now() < deadline, "the daemon did not exit within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::new(&self.socket)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A raw protocol connection: write lines, read answer lines.
+pub struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Conn {
+    pub fn new(socket: &Path) -> Conn {
+        let stream = UnixStream::connect(socket).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn read_answer(&mut self) -> Value {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).unwrap();
+        assert!(line.ends_with(b"\n"), "no complete answer line: {:?}", String::from_utf8_lossy(&line));
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    /// Sends one line (a newline is added) and reads the answer.
+    pub fn ask(&mut self, line: &str) -> Value {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.read_answer()
+    }
+
+    /// Sends a JSON request and reads the answer.
+    pub fn request(&mut self, request: Value) -> Value {
+        self.ask(&request.to_string())
+    }
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+pub fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+pub fn b64url_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
+}
+
+/// Signing input for a header and claims given as JSON text.
+pub fn signing_input(header: &str, claims: &str) -> String {
+    format!("{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()))
+}
+
+/// Verifies an ES256 compact JWS with the p256 crate; returns (header, claims).
+pub fn verify_p256(token: &str, public_pem: &str) -> (Value, Value) {
+    use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
+    let key = p256::ecdsa::VerifyingKey::from_public_key_pem(public_pem).unwrap();
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let signature = p256::ecdsa::Signature::from_slice(&b64url_decode(signature)).unwrap();
+    key.verify(input.as_bytes(), &signature).expect("the signature does not verify");
+    let (header, claims) = input.split_once('.').unwrap();
+    (
+        serde_json::from_slice(&b64url_decode(header)).unwrap(),
+        serde_json::from_slice(&b64url_decode(claims)).unwrap(),
+    )
+}
+
+/// Verifies a token with PyJWT, an implementation independent of this project; returns the
+/// claims PyJWT decoded.
+pub fn verify_pyjwt(token: &str, public_pem: &str) -> Value {
+    let script = r#"
+import json, sys, jwt
+token, key = sys.argv[1], sys.stdin.read()
+claims = jwt.decode(token, key, algorithms=["ES256"], options={"verify_aud": False})
+print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims}))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the PyJWT check");
+    child.stdin.take().unwrap().write_all(public_pem.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}

@@ -1,0 +1,169 @@
+//! The wire protocol against the real daemon: every malformed or refused line gets an error
+//! answer on a connection that keeps working, answers come in order, and many clients at once
+//! all get signatures.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn good_input() -> String {
+    signing_input(r#"{"alg":"ES256","typ":"JWT"}"#, r#"{"iss":"x"}"#)
+}
+
+fn assert_signed(answer: &Value, hsm: &Hsm) {
+    assert_eq!(answer["ok"], true, "{answer}");
+    verify_p256(answer["token"].as_str().unwrap(), &hsm.public_pem(KEY));
+}
+
+#[test]
+fn hostile_lines_get_error_answers_and_the_connection_goes_on() {
+    let hsm = Hsm::new();
+    let agent = hsm.agent();
+    let mut conn = agent.connect();
+    let header = b64url(br#"{"alg":"ES256"}"#);
+    let claims = b64url(b"{}");
+    let sign_input = |input: &str| json!({"op": "sign_input", "key": KEY, "input": input}).to_string();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "bad_request"),
+        ("{\"op\":\"keys\"".into(), "bad_request"),
+        ("[]".into(), "bad_request"),
+        ("42".into(), "bad_request"),
+        ("null".into(), "bad_request"),
+        ("\"sign\"".into(), "bad_request"),
+        ("{}".into(), "bad_request"),
+        ("{\"op\":7}".into(), "bad_request"),
+        ("{\"op\":\"frobnicate\"}".into(), "unknown_op"),
+        ("{\"op\":\"SIGN\"}".into(), "unknown_op"),
+        ("{\"op\":\"keys\",\"extra\":true}".into(), "bad_request"),
+        ("{\"op\":\"sign_input\"}".into(), "bad_request"),
+        ("{\"op\":\"sign_input\",\"key\":5,\"input\":\"a.b\"}".into(), "bad_request"),
+        ("{\"op\":\"sign\",\"key\":\"asc\",\"header\":[]}".into(), "bad_request"),
+        ("{\"op\":\"sign\",\"key\":\"asc\",\"ttl\":\"-5m\"}".into(), "bad_request"),
+        ("{\"op\":\"sign\",\"key\":\"asc\",\"ttl\":\"99999999999d\"}".into(), "bad_request"),
+        ("{\"op\":\"sign\",\"key\":\"asc\",\"claims\":{\"iat\":1e400}}".into(), "bad_request"),
+        ("{\"op\":\"sign\",\"key\":\"asc\",\"preset\":\"no-such-preset\"}".into(), "bad_request"),
+        (deep, "bad_request"),
+        (sign_input(""), "bad_request"),
+        (sign_input("abc"), "bad_request"),
+        (sign_input(&format!("{header}.{claims}.{claims}")), "bad_request"),
+        (sign_input(&format!("{header}=.{claims}")), "bad_request"),
+        (sign_input(&format!("{}.{claims}", b64url(br#"{"alg":"none"}"#))), "bad_request"),
+        (sign_input(&format!("{}.{claims}", b64url(br#"{"alg":"HS256"}"#))), "bad_request"),
+        (sign_input(&format!("{}.{claims}", b64url(br#"{"alg":"RS256"}"#))), "bad_request"),
+        (sign_input(&format!("{}.{claims}", b64url(br#"{"typ":"JWT"}"#))), "bad_request"),
+        (sign_input(&format!("{}.{claims}", b64url(br#"{"alg":"ES256","alg":"none"}"#))), "bad_request"),
+        (sign_input(&format!("{header}.{}", b64url(b"[1,2]"))), "bad_request"),
+        (sign_input(&format!("{header}.{}", b64url(b"\xff\xfe"))), "bad_request"),
+        (
+            sign_input(&format!("{}.{claims}", header.replace('_', "/").replace('-', "+") + "+/")),
+            "bad_request",
+        ),
+        (
+            json!({"op": "sign_input", "key": "../../etc/passwd", "input": good_input()}).to_string(),
+            "unknown_key",
+        ),
+        (json!({"op": "sign_input", "key": "", "input": good_input()}).to_string(), "unknown_key"),
+        (json!({"op": "sign", "key": "nope"}).to_string(), "unknown_key"),
+    ];
+    for (line, code) in &cases {
+        let answer = conn.ask(line);
+        assert_eq!(answer["ok"], false, "{line:.80} -> {answer}");
+        assert_eq!(answer["error"]["code"], *code, "{line:.80} -> {answer}");
+        assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // Invalid UTF-8 on the wire.
+    conn.send_raw(b"{\"op\":\"\xff\xfe\"}\n");
+    assert_eq!(conn.read_answer()["error"]["code"], "bad_request");
+    // The same connection still signs.
+    let answer = conn.request(json!({"op": "sign_input", "key": KEY, "input": good_input()}));
+    assert_signed(&answer, &hsm);
+}
+
+#[test]
+fn ids_are_echoed_and_pipelined_requests_are_answered_in_order() {
+    let hsm = Hsm::new();
+    let agent = hsm.agent();
+    let mut conn = agent.connect();
+    let mut batch = String::new();
+    for i in 0..20 {
+        let request = match i % 3 {
+            0 => json!({"id": i, "op": "sign_input", "key": KEY, "input": good_input()}),
+            1 => json!({"id": format!("s{i}"), "op": "keys"}),
+            _ => json!({"id": i, "op": "frobnicate"}),
+        };
+        batch.push_str(&request.to_string());
+        batch.push('\n');
+    }
+    conn.send_raw(batch.as_bytes());
+    for i in 0..20 {
+        let answer = conn.read_answer();
+        match i % 3 {
+            0 => {
+                assert_eq!(answer["id"], i);
+                assert_signed(&answer, &hsm);
+            }
+            1 => {
+                assert_eq!(answer["id"], format!("s{i}"));
+                assert_eq!(answer["keys"][0]["label"], KEY);
+            }
+            _ => {
+                assert_eq!(answer["id"], i);
+                assert_eq!(answer["error"]["code"], "unknown_op");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_line_over_64_kib_is_too_large_and_the_connection_goes_on() {
+    let hsm = Hsm::new();
+    let agent = hsm.agent();
+    let mut conn = agent.connect();
+    let huge = format!("{{\"op\":\"sign_input\",\"key\":\"asc\",\"input\":\"{}\"}}\n", "A".repeat(70 * 1024));
+    conn.send_raw(huge.as_bytes());
+    assert_eq!(conn.read_answer()["error"]["code"], "too_large");
+    // A line just under the limit is read as a request (and refused for what it says).
+    let under = format!("{{\"op\":\"keys\",\"pad\":\"{}\"}}", "B".repeat(60 * 1024));
+    assert_eq!(conn.ask(&under)["error"]["code"], "bad_request");
+    assert_signed(&conn.request(json!({"op": "sign_input", "key": KEY, "input": good_input()})), &hsm);
+}
+
+#[test]
+fn thirty_two_connections_of_fifty_requests_all_succeed() {
+    let hsm = Hsm::new();
+    let agent = hsm.agent();
+    let input = good_input();
+    let tokens: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|c| {
+                let (agent, input) = (&agent, &input);
+                scope.spawn(move || {
+                    let mut conn = agent.connect();
+                    (0..50)
+                        .map(|i| {
+                            let answer = conn.request(
+                                json!({"id": c * 100 + i, "op": "sign_input", "key": KEY, "input": input}),
+                            );
+                            assert_eq!(answer["ok"], true, "{answer}");
+                            assert_eq!(answer["id"], c * 100 + i);
+                            answer["token"].as_str().unwrap().to_owned()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let public = hsm.public_pem(KEY);
+    let all: Vec<&String> = tokens.iter().flatten().collect();
+    assert_eq!(all.len(), 1600);
+    for token in &all {
+        verify_p256(token, &public);
+    }
+    let mut conn = agent.connect();
+    let status = conn.request(json!({"op": "status"}));
+    assert_eq!(status["counters"]["signatures"], 1600);
+    assert_eq!(status["counters"]["token_errors"], 0);
+}
