@@ -44,19 +44,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2
 fi
 
-step "checking python modules (PyJWT, cryptography)"
-if ! python3 -c 'import jwt, cryptography; jwt.PyJWT' >/dev/null 2>&1; then
-    step "pip install PyJWT cryptography"
+step "checking python modules (PyJWT, cryptography, python-pkcs11)"
+if ! python3 -c 'import jwt, cryptography, pkcs11; jwt.PyJWT' >/dev/null 2>&1; then
+    step "pip install PyJWT cryptography python-pkcs11"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    if ! out=$(python3 -m pip install --quiet PyJWT cryptography 2>&1); then
+    if ! out=$(python3 -m pip install --quiet PyJWT cryptography python-pkcs11 2>&1); then
         if grep -q externally-managed-environment <<<"$out"; then
-            python3 -m pip install --quiet --break-system-packages PyJWT cryptography
+            python3 -m pip install --quiet --break-system-packages PyJWT cryptography python-pkcs11
         else
             printf '%s\n' "$out" >&2
-            die "pip could not install PyJWT and cryptography"
+            die "pip could not install PyJWT, cryptography and python-pkcs11"
         fi
     fi
-    python3 -c 'import jwt, cryptography; jwt.PyJWT' || die "python3 still cannot import jwt (PyJWT)"
+    python3 -c 'import jwt, cryptography, pkcs11; jwt.PyJWT' || die "python3 still cannot import jwt, cryptography or pkcs11"
 fi
 
 JWT_AGENT_TEST_MODULE=$(find_softhsm) || die "libsofthsm2.so not found"

@@ -9,7 +9,8 @@
 
 use crate::error::{ErrorCode, WireError};
 use crate::protocol::{
-    self, KeysResult, Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
+    self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, PubkeyFormat, PubkeyResult,
+    Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
@@ -78,7 +79,7 @@ impl Client {
     pub fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = protocol::encode_request(Some(id), request)
+        let line = protocol::encode_request((!request.has_own_id()).then_some(id), request)
             .map_err(|e| WireError::bad_request(format!("cannot encode the request: {e}")))?;
         // A daemon that refuses the connection says why and closes; that answer may already be
         // waiting when the write fails, so read it before reporting the write error.
@@ -109,6 +110,21 @@ impl Client {
     /// Lists the signing keys.
     pub fn keys(&mut self) -> Result<KeysResult, ClientError> {
         self.call(&Request::Keys {})
+    }
+
+    /// A key's public half (or, with `key` absent and `Jwks`, every key's).
+    pub fn pubkey(&mut self, key: Option<&str>, format: PubkeyFormat) -> Result<PubkeyResult, ClientError> {
+        self.call(&Request::Pubkey { key: key.map(str::to_owned), format })
+    }
+
+    /// Puts a PKCS#8 private key on the token as a non-extractable key.
+    pub fn import(&mut self, request: ImportRequest) -> Result<KeyInfo, ClientError> {
+        Ok(self.call::<KeyResult>(&Request::Import(request))?.key)
+    }
+
+    /// Generates a key pair inside the token.
+    pub fn generate(&mut self, request: GenerateRequest) -> Result<KeyInfo, ClientError> {
+        Ok(self.call::<KeyResult>(&Request::Generate(request))?.key)
     }
 
     /// The agent's status.

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     TokenError,
     /// The request line is longer than the protocol allows.
     TooLarge,
+    /// A key with that label or id is already on the token.
+    Exists,
     /// The peer's uid may not use this agent.
     Forbidden,
     /// Anything else: a bug or an exhausted resource on the daemon's side.
@@ -49,6 +51,7 @@ impl ErrorCode {
             | ErrorCode::PolicyDenied
             | ErrorCode::Locked
             | ErrorCode::TooLarge
+            | ErrorCode::Exists
             | ErrorCode::Forbidden => EXIT_REFUSED,
             ErrorCode::UnknownKey | ErrorCode::TokenError => EXIT_TOKEN,
             ErrorCode::UnknownOp | ErrorCode::Internal | ErrorCode::Unknown => EXIT_OTHER,
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Locked => "locked",
             ErrorCode::TokenError => "token_error",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Exists => "exists",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",

@@ -13,11 +13,14 @@ pub mod daemon;
 pub mod duration;
 pub mod error;
 pub mod jose;
+pub mod keyfile;
 pub mod log;
 pub mod paths;
 pub mod pin;
 pub mod protocol;
+pub mod pubkey;
 pub mod token;
+pub mod verify;
 
 pub use client::{Client, ClientError};
 pub use error::{ErrorCode, WireError};

@@ -26,6 +26,18 @@ pub enum Request {
     Sign(SignRequest),
     /// List the signing keys on the token.
     Keys {},
+    /// A key's public half: PEM, JWK, or a JWKS (of all keys when `key` is absent).
+    Pubkey {
+        /// The key's label or PKCS#11 URI; absent with `jwks` for every key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// `pem`, `jwk` or `jwks`.
+        format: PubkeyFormat,
+    },
+    /// Put a private key from a PKCS#8 PEM on the token, non-extractable.
+    Import(ImportRequest),
+    /// Generate a key pair inside the token.
+    Generate(GenerateRequest),
     /// Report the token, keys, pool and counters.
     Status {},
     /// Stop the daemon cleanly.
@@ -34,7 +46,16 @@ pub enum Request {
 
 impl Request {
     /// Every `op` this version of the protocol knows.
-    pub const OPS: &'static [&'static str] = &["sign_input", "sign", "keys", "status", "stop"];
+    pub const OPS: &'static [&'static str] =
+        &["sign_input", "sign", "keys", "pubkey", "import", "generate", "status", "stop"];
+
+    /// The ops whose own field `id` (a key's CKA_ID) is also the request's id.
+    pub const OWN_ID: &'static [&'static str] = &["import", "generate"];
+
+    /// Whether the request has a field `id` of its own, so that the envelope must not add one.
+    pub fn has_own_id(&self) -> bool {
+        matches!(self, Request::Import(_) | Request::Generate(_))
+    }
 }
 
 /// The fields of a `sign` request.
@@ -58,6 +79,94 @@ pub struct SignRequest {
     /// Sign anew even when a cached token would do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
+}
+
+/// How `pubkey` gives the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PubkeyFormat {
+    /// SubjectPublicKeyInfo, PEM.
+    Pem,
+    /// A JWK with `kid`, `alg` and `use`.
+    Jwk,
+    /// A JWK Set.
+    Jwks,
+}
+
+/// The fields of an `import` request.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub pkcs8_pem: SecretText,
+    /// `CKA_LABEL` of the new key; default: the kid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The key's `kid`; default: the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// `CKA_ID` in hex; default: derived from the public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl std::fmt::Debug for ImportRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportRequest")
+            .field("label", &self.label)
+            .field("kid", &self.kid)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Text that is secret: zeroized on drop, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+/// The fields of a `generate` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// `CKA_LABEL` of the new key pair.
+    pub label: String,
+    /// The JWS algorithm the key is for; default `ES256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// `CKA_ID` in hex; default: random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// RSA modulus size: 2048 (default), 3072 or 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u32>,
+}
+
+/// The result of `import` and `generate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyResult {
+    /// The new key.
+    pub key: KeyInfo,
+}
+
+/// The result of `pubkey`: one of the three, as asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PubkeyResult {
+    /// SubjectPublicKeyInfo PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    /// The JWK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwk: Option<Value>,
+    /// The JWK Set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
 }
 
 /// The result of `sign_input`.
@@ -197,15 +306,20 @@ pub fn decode_request(line: &[u8]) -> Incoming {
             );
         }
     };
-    let id = object.remove("id");
+    let id = object.get("id").cloned();
     let op = match object.get("op") {
-        Some(Value::String(op)) => op,
+        Some(Value::String(op)) => op.as_str(),
         Some(_) => return Incoming::error(id, WireError::bad_request("`op` must be a string")),
         None => return Incoming::error(id, WireError::bad_request("the request has no `op`")),
     };
-    if !Request::OPS.contains(&op.as_str()) {
+    if !Request::OPS.contains(&op) {
         let message = format!("unknown op {op:?}; this agent knows {}", Request::OPS.join(", "));
         return Incoming::error(id, WireError::new(ErrorCode::UnknownOp, message));
+    }
+    // `import` and `generate` have a field `id` of their own, the new key's CKA_ID; like any
+    // request's id it is echoed in the answer. For every other op it is only the request's id.
+    if !Request::OWN_ID.contains(&op) {
+        object.remove("id");
     }
     let request = serde_json::from_value(Value::Object(object))
         .map_err(|e| WireError::bad_request(format!("invalid request: {e}")));

@@ -227,7 +227,7 @@ fn an_unknown_token_label_is_a_clear_error() {
         .arg(&hsm.pin_file);
     let (code, _, err) = run(&mut command);
     assert_eq!(code, 5);
-    assert!(err.contains("no token labelled \"nope\"") && err.contains(TOKEN_LABEL), "{err}");
+    assert!(err.contains("no token matches \"nope\"") && err.contains(TOKEN_LABEL), "{err}");
 }
 
 #[test]

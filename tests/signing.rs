@@ -113,7 +113,7 @@ fn refusals_name_the_problem_and_exit_as_the_spec_says() {
     let hsm = Hsm::new();
     let _agent = hsm.agent();
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["sign", "--key", "missing"], 5, "no private key labelled \"missing\""),
+        (&["sign", "--key", "missing"], 5, "no private key \"missing\""),
         (&["sign", "--key", KEY, "--alg", "HS256"], 4, "HS256"),
         (&["sign", "--key", KEY, "--alg", "none"], 4, "\"none\""),
         (&["sign", "--key", KEY, "--ttl", "20m", "--claim", "exp=5"], 4, "either `exp` or a ttl"),

@@ -1,5 +1,6 @@
 //! The command line: one binary for the daemon and its client commands.
 
+mod keys;
 mod output;
 mod start;
 
@@ -35,6 +36,14 @@ enum Command {
     SignInput(SignInputArgs),
     /// List the signing keys on the token
     Keys(ListArgs),
+    /// Print a key's public half: PEM (SPKI), JWK or JWKS
+    Pubkey(keys::PubkeyArgs),
+    /// Put a PKCS#8 private key (an Apple .p8) on the token, non-extractable
+    Import(keys::ImportArgs),
+    /// Generate a key pair inside the token
+    Generate(keys::GenerateArgs),
+    /// Check a JWT's signature and times; print its header and claims
+    Verify(keys::VerifyArgs),
     /// Show the token, keys, session pool and counters
     Status(ListArgs),
 }
@@ -63,7 +72,7 @@ pub struct DaemonArgs {
 }
 
 #[derive(Debug, Args)]
-struct SocketArgs {
+pub(crate) struct SocketArgs {
     /// Agent socket (else $JWT_AGENT_SOCK, else the default path)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -138,11 +147,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(status: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u8, message: impl Into<String>) -> Self {
         Failure { status, message: message.into() }
     }
 
-    fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(EXIT_USAGE, message)
     }
 }
@@ -194,6 +203,10 @@ fn run(command: Command) -> Result<(), Failure> {
             let keys = connect(&args.socket)?.keys()?.keys;
             print_line(&output::keys(&keys, args.json))
         }
+        Command::Pubkey(args) => keys::pubkey(args),
+        Command::Import(args) => keys::import(args),
+        Command::Generate(args) => keys::generate(args),
+        Command::Verify(args) => keys::verify(args),
         Command::Status(args) => {
             let status = connect(&args.socket)?.status()?;
             print_line(&output::status(&status, args.json))
@@ -201,18 +214,18 @@ fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-fn connect(args: &SocketArgs) -> Result<Client, Failure> {
+pub(crate) fn connect(args: &SocketArgs) -> Result<Client, Failure> {
     Ok(Client::connect(&crate::paths::socket_path(args.socket.as_deref()))?)
 }
 
-fn print_line(text: &str) -> Result<(), Failure> {
+pub(crate) fn print_line(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot write to stdout: {e}")))
 }
 
-fn read_stdin() -> Result<String, Failure> {
+pub(crate) fn read_stdin() -> Result<String, Failure> {
     let mut input = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot read stdin: {e}")))?;

@@ -1,15 +1,18 @@
 //! What the daemon does with each request: decode, check, run on the session pool, answer.
 
 use crate::error::{ErrorCode, WireError};
-use crate::jose;
+use crate::jose::{self, Alg};
+use crate::keyfile;
 use crate::protocol::{
-    self, Counters, KeysResult, PoolStatus, Request, SignInputResult, SignRequest, SignResult, StatusResult,
-    StopResult,
+    self, Counters, GenerateRequest, ImportRequest, KeyResult, KeysResult, PoolStatus, PubkeyFormat,
+    PubkeyResult, Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
-use crate::token::TokenError;
 use crate::token::pool::Pool;
+use crate::token::uri::parse_hex;
+use crate::token::{NewKey, Token, TokenError};
+use cryptoki::session::Session;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -54,6 +57,9 @@ impl Agent {
             Request::SignInput { key, input } => self.answer(id, self.sign_input(key, input).await),
             Request::Sign(request) => self.answer(id, self.sign(request).await),
             Request::Keys {} => self.answer(id, self.keys().await),
+            Request::Pubkey { key, format } => self.answer(id, self.pubkey(key, format).await),
+            Request::Import(request) => self.answer(id, self.import(request).await),
+            Request::Generate(request) => self.answer(id, self.generate(request).await),
             Request::Status {} => self.answer(id, Ok(self.status().await)),
             Request::Stop {} => {
                 crate::info!("stop requested by a client");
@@ -99,24 +105,24 @@ impl Agent {
         protocol::encode_error(id, error)
     }
 
+    /// Runs `f` on a pooled session and turns token failures into wire errors.
+    async fn on_token<T, F>(&self, f: F) -> Result<T, WireError>
+    where
+        T: Send + 'static,
+        F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
+    {
+        self.pool.run(f).await.map_err(|e| e.to_wire())
+    }
+
     async fn sign_input(&self, key: String, input: String) -> Result<SignInputResult, WireError> {
         let alg = jose::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?.alg;
         let token = self
-            .pool
-            .run(move |token, session| {
+            .on_token(move |token, session| {
                 let key = token.key(session, &key)?;
-                if key.alg != alg {
-                    return Err(TokenError::WrongAlg {
-                        key: key.info.label.clone(),
-                        asked: alg,
-                        can: key.alg,
-                    });
-                }
                 let signature = token.sign(session, &key, alg, input.as_bytes())?;
                 Ok(jose::compact(&input, &signature))
             })
-            .await
-            .map_err(|e| e.to_wire())?;
+            .await?;
         self.signatures.fetch_add(1, Ordering::Relaxed);
         Ok(SignInputResult { token })
     }
@@ -133,42 +139,104 @@ impl Agent {
         header.entry("typ").or_insert_with(|| Value::from("JWT"));
         set_times(&mut claims, ttl.as_deref())?;
         let token = self
-            .pool
-            .run(move |token, session| {
+            .on_token(move |token, session| {
                 let key = token.key(session, &key)?;
                 let alg = asked.unwrap_or(key.alg);
-                if alg != key.alg {
-                    return Err(TokenError::WrongAlg {
-                        key: key.info.label.clone(),
-                        asked: alg,
-                        can: key.alg,
-                    });
-                }
                 let mut header = header.clone();
                 header.insert("alg".into(), Value::from(alg.name()));
                 let input = jose::encode_signing_input(&header, &claims);
                 let signature = token.sign(session, &key, alg, input.as_bytes())?;
                 Ok(jose::compact(&input, &signature))
             })
-            .await
-            .map_err(|e| e.to_wire())?;
+            .await?;
         self.signatures.fetch_add(1, Ordering::Relaxed);
         Ok(SignResult { token, cached: false })
     }
 
     async fn keys(&self) -> Result<KeysResult, WireError> {
-        let keys = self.pool.run(|token, session| token.list_keys(session)).await.map_err(|e| e.to_wire())?;
+        let keys = self.on_token(|token, session| token.list_keys(session)).await?;
         Ok(KeysResult { keys })
     }
 
+    async fn pubkey(&self, key: Option<String>, format: PubkeyFormat) -> Result<PubkeyResult, WireError> {
+        let names = match (key, format) {
+            (Some(key), _) => vec![key],
+            (None, PubkeyFormat::Jwks) => Vec::new(),
+            (None, _) => return Err(WireError::bad_request("give the key: only a JWKS can hold every key")),
+        };
+        let jwks = self
+            .on_token(move |token, session| {
+                let names = if names.is_empty() {
+                    // Every key this agent signs with: those with an algorithm.
+                    token
+                        .list_keys(session)?
+                        .into_iter()
+                        .filter(|k| k.alg.is_some())
+                        .map(|k| k.label)
+                        .collect()
+                } else {
+                    names.clone()
+                };
+                let mut keys = Vec::with_capacity(names.len());
+                for name in &names {
+                    let key = token.key(session, name)?;
+                    let public = key.public.as_ref().ok_or_else(|| TokenError::NoPublicKey(name.clone()))?;
+                    keys.push((public.to_pem(), public.jwk(key.info.kid.as_deref(), key.alg)));
+                }
+                Ok(keys)
+            })
+            .await?;
+        Ok(match format {
+            PubkeyFormat::Pem => {
+                PubkeyResult { pem: jwks.into_iter().next().map(|(pem, _)| pem), jwk: None, jwks: None }
+            }
+            PubkeyFormat::Jwk => {
+                PubkeyResult { pem: None, jwk: jwks.into_iter().next().map(|(_, jwk)| jwk), jwks: None }
+            }
+            PubkeyFormat::Jwks => {
+                let keys: Vec<Value> = jwks.into_iter().map(|(_, jwk)| jwk).collect();
+                PubkeyResult { pem: None, jwk: None, jwks: Some(json!({ "keys": keys })) }
+            }
+        })
+    }
+
+    async fn import(&self, request: ImportRequest) -> Result<KeyResult, WireError> {
+        let ImportRequest { pkcs8_pem, label, kid, id } = request;
+        let key = keyfile::parse_pem(&pkcs8_pem.0)
+            .map_err(|e| WireError::bad_request(format!("{e}; nothing was created")))?;
+        drop(pkcs8_pem);
+        let label =
+            label.or_else(|| kid.clone()).ok_or_else(|| WireError::bad_request("give the key a label"))?;
+        let id = id.as_deref().map(parse_hex).transpose().map_err(WireError::bad_request)?;
+        let new = NewKey::Import { key, label, id, kid };
+        let info = self.on_token(move |token, _| token.create(&new)).await?;
+        crate::info!("imported key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
+        Ok(KeyResult { key: info })
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> Result<KeyResult, WireError> {
+        let GenerateRequest { label, alg, id, bits } = request;
+        let alg = match alg.as_deref() {
+            None => Alg::Es256,
+            Some(name) => Alg::from_name(name).ok_or_else(|| {
+                WireError::bad_request(format!("alg {name:?} is not one of {}", Alg::names()))
+            })?,
+        };
+        let id = id.as_deref().map(parse_hex).transpose().map_err(WireError::bad_request)?;
+        let new = NewKey::Generate { alg, bits, label, id };
+        let info = self.on_token(move |token, _| token.create(&new)).await?;
+        crate::info!("generated key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
+        Ok(KeyResult { key: info })
+    }
+
     async fn status(&self) -> StatusResult {
-        let (token, keys) = match self
+        let found = self
             .pool
             .run(|token, session| {
                 Ok((token.status(Some(session)), token.list_keys(session).unwrap_or_default()))
             })
-            .await
-        {
+            .await;
+        let (token, keys) = match found {
             Ok(found) => found,
             Err(e) => {
                 // The pool could not reach the token; ask it directly, off the reactor.

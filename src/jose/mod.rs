@@ -7,42 +7,9 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// A JWS `alg` this agent can sign with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    /// ECDSA on P-256 with SHA-256, signature `r || s` (64 bytes).
-    Es256,
-}
+mod alg;
 
-impl Alg {
-    /// The `alg` header value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::Es256 => "ES256",
-        }
-    }
-
-    /// The `alg` named in a header, if this agent signs with it.
-    pub fn from_name(name: &str) -> Option<Alg> {
-        match name {
-            "ES256" => Some(Alg::Es256),
-            _ => None,
-        }
-    }
-
-    /// Length of the raw signature the token must return.
-    pub fn signature_len(self) -> usize {
-        match self {
-            Alg::Es256 => 64,
-        }
-    }
-}
-
-impl fmt::Display for Alg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use alg::{Alg, Family, Hash};
 
 /// Why a signing input or header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +27,7 @@ pub enum JoseError {
     #[error("the header has no `alg` string")]
     NoAlg,
     /// `alg` is `none`, an HMAC, or unknown.
-    #[error("alg {0:?} is not signed by this agent (it signs with keys on the token: ES256)")]
+    #[error("alg {0:?} is not signed by this agent (it signs {names})", names = Alg::names())]
     UnsupportedAlg(String),
     /// `b64: false` (RFC 7797) would make the payload checks meaningless.
     #[error("unencoded payloads (`b64: false`) are not signed")]

@@ -17,20 +17,45 @@ pub enum TokenError {
         /// Why.
         reason: String,
     },
-    /// No token with that label.
-    #[error("no token labelled {label:?} (tokens present: {}); check --token", list(seen))]
+    /// No token fits `--token`.
+    #[error("no token matches {name:?} (tokens present: {}); check --token", list(seen))]
     NoToken {
-        /// The label asked for.
-        label: String,
-        /// The labels present.
+        /// The `--token` value.
+        name: String,
+        /// The tokens present.
         seen: Vec<String>,
     },
-    /// Several tokens carry the label.
-    #[error("more than one token is labelled {label:?}; relabel one of them")]
+    /// Several tokens fit.
+    #[error("more than one token matches {name:?}; name one by serial (--token serial=...) or by URI")]
     AmbiguousToken {
-        /// The label.
-        label: String,
+        /// The `--token` value.
+        name: String,
     },
+    /// A token or key name that does not parse.
+    #[error("{0}")]
+    BadName(String),
+    /// A key URI that names another token.
+    #[error("{key:?} names a token other than the agent's token {token:?}")]
+    OtherToken {
+        /// The key name.
+        key: String,
+        /// The agent's token label.
+        token: String,
+    },
+    /// Neither the hashing nor the raw mechanism for the algorithm is usable.
+    #[error("the token or the key {key:?} allows no mechanism for {alg}")]
+    NoMechanism {
+        /// The algorithm.
+        alg: Alg,
+        /// The key's label.
+        key: String,
+    },
+    /// A label or id already taken, when creating a key.
+    #[error("{0}; nothing was created")]
+    Exists(String),
+    /// A key file or generation request that cannot be honoured.
+    #[error("{0}; nothing was created")]
+    BadKey(String),
     /// The token rejected the PIN.
     #[error(
         "the token rejected the PIN ({rv:?}; {}); it was tried once and will not be retried",
@@ -48,13 +73,18 @@ pub enum TokenError {
     )]
     PinRejectedBefore,
     /// No private key with that label.
-    #[error("no private key labelled {0:?} on the token; `jwt-agent keys` lists them")]
+    #[error("no private key {0:?} on the token; `jwt-agent keys` lists them")]
     NoKey(String),
     /// Several private keys carry the label.
     #[error("more than one private key is labelled {0:?}; give each key its own label")]
     AmbiguousKey(String),
+    /// The key has no public key object to read.
+    #[error("the token holds no public key for {0:?}")]
+    NoPublicKey(String),
     /// The key is of a type this agent does not sign with.
-    #[error("the key {0:?} is of a type this agent does not sign with (ES256 keys are P-256 EC keys)")]
+    #[error(
+        "the key {0:?} is of a type this agent does not sign with (it signs with P-256, P-384, P-521, RSA and Ed25519 keys)"
+    )]
     UnsupportedKey(String),
     /// The header's `alg` is not what the key signs.
     #[error("the key {key:?} signs {can}, not {asked}")]
@@ -63,8 +93,8 @@ pub enum TokenError {
         key: String,
         /// The `alg` asked for.
         asked: Alg,
-        /// The `alg` the key signs.
-        can: Alg,
+        /// The algorithms the key signs.
+        can: String,
     },
     /// The token returned a signature of the wrong size.
     #[error("the token returned a {len}-byte signature for {alg}; it is not used")]
@@ -116,10 +146,15 @@ impl TokenError {
     /// The wire error for this failure.
     pub fn to_wire(&self) -> WireError {
         let code = match self {
-            TokenError::NoKey(_) => ErrorCode::UnknownKey,
-            TokenError::AmbiguousKey(_) | TokenError::UnsupportedKey(_) | TokenError::WrongAlg { .. } => {
-                ErrorCode::BadRequest
-            }
+            TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
+            TokenError::Exists(_) => ErrorCode::Exists,
+            TokenError::AmbiguousKey(_)
+            | TokenError::UnsupportedKey(_)
+            | TokenError::WrongAlg { .. }
+            | TokenError::BadName(_)
+            | TokenError::BadKey(_)
+            | TokenError::NoPublicKey(_)
+            | TokenError::NoMechanism { .. } => ErrorCode::BadRequest,
             _ => ErrorCode::TokenError,
         };
         WireError::new(code, self.to_string())

@@ -1,87 +1,211 @@
-//! Finding signing keys on the token and describing them: algorithm, public key, fingerprint.
+//! Finding signing keys on the token and describing them: type, algorithms, public key, kid.
 
 use super::TokenError;
-use crate::jose::Alg;
+use super::uri::{Selector, hex};
+use crate::jose::{Alg, Family};
 use crate::protocol::KeyInfo;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use crate::pubkey::{Curve, PublicKey};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use p256::pkcs8::EncodePublicKey;
-use sha2::{Digest, Sha256};
 
-/// DER of the named-curve OID of P-256 (1.2.840.10045.3.1.7), as `CKA_EC_PARAMS` holds it.
-const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// `CKA_APPLICATION` of the data object that holds a key's `kid` when it is not its label.
+pub const KID_APPLICATION: &[u8] = b"jwt-agent kid";
+
+/// What kind of key, as far as signing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An EC key on a Weierstrass curve, or Ed25519.
+    Ec(Curve),
+    /// RSA, with its modulus length in bytes.
+    Rsa {
+        /// `ceil(bits / 8)`.
+        modulus_len: usize,
+    },
+}
 
 /// A private key on the token that this agent can sign with.
 #[derive(Debug)]
 pub struct Key {
     /// The private key object's handle, valid across this process's sessions.
     pub handle: ObjectHandle,
-    /// The algorithm its signatures are made for.
+    /// Its type.
+    pub kind: KeyKind,
+    /// `CKA_ALLOWED_MECHANISMS` (empty: any).
+    pub allowed: Vec<MechanismType>,
+    /// `CKA_ALWAYS_AUTHENTICATE`: a context-specific login before each signature.
+    pub always_authenticate: bool,
+    /// The public key, from the key's public object (or, for RSA, the private object itself).
+    pub public: Option<PublicKey>,
+    /// The default algorithm.
     pub alg: Alg,
     /// What `keys` says of it.
     pub info: KeyInfo,
 }
 
-/// Finds the one private key labelled `label`.
-pub fn find_by_label(session: &Session, label: &str) -> Result<Key, TokenError> {
+impl Key {
+    /// Whether this key makes signatures of `alg`.
+    pub fn signs(&self, alg: Alg) -> bool {
+        match (self.kind, alg.family()) {
+            (KeyKind::Ec(Curve::P256), _) => alg == Alg::Es256,
+            (KeyKind::Ec(Curve::P384), _) => alg == Alg::Es384,
+            (KeyKind::Ec(Curve::P521), _) => alg == Alg::Es512,
+            (KeyKind::Ec(Curve::Ed25519), _) => alg == Alg::EdDsa,
+            (KeyKind::Rsa { .. }, Family::RsaPkcs1) => self.allows(RSA_PKCS1),
+            (KeyKind::Rsa { .. }, Family::RsaPss) => self.allows(RSA_PSS),
+            (KeyKind::Rsa { .. }, _) => false,
+        }
+    }
+
+    /// Every algorithm this key signs, for messages.
+    pub fn algs(&self) -> String {
+        let algs: Vec<&str> = Alg::ALL.into_iter().filter(|a| self.signs(*a)).map(Alg::name).collect();
+        algs.join(", ")
+    }
+
+    fn allows(&self, any_of: &[MechanismType]) -> bool {
+        self.allowed.is_empty() || any_of.iter().any(|m| self.allowed.contains(m))
+    }
+}
+
+const RSA_PKCS1: &[MechanismType] = &[
+    MechanismType::RSA_PKCS,
+    MechanismType::SHA256_RSA_PKCS,
+    MechanismType::SHA384_RSA_PKCS,
+    MechanismType::SHA512_RSA_PKCS,
+];
+const RSA_PSS: &[MechanismType] = &[
+    MechanismType::RSA_PKCS_PSS,
+    MechanismType::SHA256_RSA_PKCS_PSS,
+    MechanismType::SHA384_RSA_PKCS_PSS,
+    MechanismType::SHA512_RSA_PKCS_PSS,
+];
+
+/// Finds the one private key `selector` names.
+pub fn find(session: &Session, selector: &Selector, name: &str) -> Result<Key, TokenError> {
     // Without the class, a label would match the public key object too.
-    let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.as_bytes().to_vec())];
+    let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+    if let Some(label) = &selector.object {
+        template.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &selector.id {
+        template.push(Attribute::Id(id.clone()));
+    }
     let handles = session.find_objects(&template)?;
     let handle = match handles.as_slice() {
         [handle] => *handle,
-        [] => return Err(TokenError::NoKey(label.to_owned())),
-        _ => return Err(TokenError::AmbiguousKey(label.to_owned())),
+        [] => return Err(TokenError::NoKey(name.to_owned())),
+        _ => return Err(TokenError::AmbiguousKey(name.to_owned())),
     };
-    let info = describe(session, handle)?;
-    let alg = info
-        .alg
-        .as_deref()
-        .and_then(Alg::from_name)
-        .ok_or_else(|| TokenError::UnsupportedKey(label.to_owned()))?;
-    Ok(Key { handle, alg, info })
+    describe(session, handle)?.ok_or_else(|| TokenError::UnsupportedKey(name.to_owned()))
 }
 
 /// Describes every private key on the token that may sign.
 pub fn list(session: &Session) -> Result<Vec<KeyInfo>, TokenError> {
     let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Sign(true)];
-    let mut keys = session
-        .find_objects(&template)?
-        .into_iter()
-        .map(|handle| describe(session, handle))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut keys = Vec::new();
+    for handle in session.find_objects(&template)? {
+        match describe(session, handle)? {
+            Some(key) => keys.push(key.info),
+            None => keys.push(unsupported_info(session, handle)?),
+        }
+    }
     keys.sort_by(|a, b| a.label.cmp(&b.label).then_with(|| a.id.cmp(&b.id)));
     Ok(keys)
 }
 
-/// Reads a private key's label, id and type, and its public key object's point.
-fn describe(session: &Session, handle: ObjectHandle) -> Result<KeyInfo, TokenError> {
-    let wanted = [AttributeType::Label, AttributeType::Id, AttributeType::KeyType, AttributeType::EcParams];
-    let (mut label, mut id, mut key_type, mut params) = (Vec::new(), Vec::new(), None, Vec::new());
+/// Whether any object on the token has this label or (for keys) this id.
+pub fn taken(session: &Session, label: &str, id: &[u8]) -> Result<Option<String>, TokenError> {
+    if !session.find_objects(&[Attribute::Label(label.as_bytes().to_vec())])?.is_empty() {
+        return Ok(Some(format!("an object labelled {label:?} is already on the token")));
+    }
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        if !session.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])?.is_empty() {
+            return Ok(Some(format!("a key with id {} is already on the token", hex(id))));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a private key's attributes; `None` when it is of a type this agent does not sign with.
+fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, TokenError> {
+    let wanted = [
+        AttributeType::Label,
+        AttributeType::Id,
+        AttributeType::KeyType,
+        AttributeType::EcParams,
+        AttributeType::Modulus,
+        AttributeType::PublicExponent,
+        AttributeType::AllowedMechanisms,
+        AttributeType::AlwaysAuthenticate,
+    ];
+    let mut a = Attributes::default();
     // get_attributes drops what the token will not say: match by type, never by position.
     for attribute in session.get_attributes(handle, &wanted)? {
         match attribute {
-            Attribute::Label(v) => label = v,
-            Attribute::Id(v) => id = v,
-            Attribute::KeyType(t) => key_type = Some(t),
-            Attribute::EcParams(v) => params = v,
+            Attribute::Label(v) => a.label = String::from_utf8_lossy(&v).into_owned(),
+            Attribute::Id(v) => a.id = v,
+            Attribute::KeyType(t) => a.key_type = Some(t),
+            Attribute::EcParams(v) => a.params = v,
+            Attribute::Modulus(v) => a.modulus = v,
+            Attribute::PublicExponent(v) => a.exponent = v,
+            Attribute::AllowedMechanisms(v) => a.allowed = v,
+            Attribute::AlwaysAuthenticate(v) => a.always_authenticate = v,
             _ => {}
         }
     }
-    let label = String::from_utf8_lossy(&label).into_owned();
-    let alg = (key_type == Some(KeyType::EC) && params == P256_PARAMS).then_some(Alg::Es256);
-    let spki = match alg {
-        Some(Alg::Es256) => public_point(session, &id, &label)?.and_then(|point| p256_spki(&point)),
-        None => None,
+    let (kind, public) = match a.key_type {
+        Some(t) if t == KeyType::EC || t == KeyType::EC_EDWARDS => {
+            let Some(curve) = Curve::from_params(&a.params) else { return Ok(None) };
+            let public = public_point(session, &a.id, &a.label)?
+                .and_then(|p| PublicKey::from_ec_point(curve, &p).ok());
+            (KeyKind::Ec(curve), public)
+        }
+        Some(t) if t == KeyType::RSA && !a.modulus.is_empty() => {
+            let modulus_len = a.modulus.iter().skip_while(|b| **b == 0).count();
+            let public = PublicKey::from_rsa(&a.modulus, &a.exponent).ok();
+            (KeyKind::Rsa { modulus_len }, public)
+        }
+        _ => return Ok(None),
     };
-    Ok(KeyInfo {
-        kid: Some(label.clone()),
-        label,
-        id: hex(&id),
-        alg: alg.map(|a| a.name().to_owned()),
-        fingerprint: spki.map(|der| fingerprint(&der)),
-    })
+    let kid = stored_kid(session, &a.label)?.unwrap_or_else(|| a.label.clone());
+    let mut key = Key {
+        handle,
+        kind,
+        allowed: a.allowed,
+        always_authenticate: a.always_authenticate,
+        public,
+        alg: Alg::Es256,
+        info: KeyInfo { label: a.label, id: hex(&a.id), alg: None, kid: Some(kid), fingerprint: None },
+    };
+    key.alg = default_alg(&key);
+    key.info.alg = Some(key.alg.name().to_owned());
+    key.info.fingerprint = key.public.as_ref().map(PublicKey::fingerprint);
+    Ok(Some(key))
+}
+
+#[derive(Default)]
+struct Attributes {
+    label: String,
+    id: Vec<u8>,
+    key_type: Option<KeyType>,
+    params: Vec<u8>,
+    modulus: Vec<u8>,
+    exponent: Vec<u8>,
+    allowed: Vec<MechanismType>,
+    always_authenticate: bool,
+}
+
+/// The curve's algorithm for EC keys; for RSA, PS256 when the key allows only PSS, else RS256.
+fn default_alg(key: &Key) -> Alg {
+    match key.kind {
+        KeyKind::Ec(Curve::P256) => Alg::Es256,
+        KeyKind::Ec(Curve::P384) => Alg::Es384,
+        KeyKind::Ec(Curve::P521) => Alg::Es512,
+        KeyKind::Ec(Curve::Ed25519) => Alg::EdDsa,
+        KeyKind::Rsa { .. } if !key.signs(Alg::Rs256) && key.signs(Alg::Ps256) => Alg::Ps256,
+        KeyKind::Rsa { .. } => Alg::Rs256,
+    }
 }
 
 /// `CKA_EC_POINT` of the public key object with the same id (else the same label).
@@ -100,38 +224,32 @@ fn public_point(session: &Session, id: &[u8], label: &str) -> Result<Option<Vec<
     Ok(point)
 }
 
-/// SPKI DER of a P-256 point that arrives DER-wrapped (`04 41 04 X Y`) or raw (`04 X Y`).
-fn p256_spki(point: &[u8]) -> Option<Vec<u8>> {
-    let raw = match point {
-        [0x04, 0x41, rest @ ..] if rest.len() == 0x41 => rest,
-        raw => raw,
+/// The `kid` stored for the key labelled `label`, if one was stored.
+fn stored_kid(session: &Session, label: &str) -> Result<Option<String>, TokenError> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Application(KID_APPLICATION.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let Some(&object) = session.find_objects(&template)?.first() else {
+        return Ok(None);
     };
-    let key = p256::PublicKey::from_sec1_bytes(raw).ok()?;
-    Some(key.to_public_key_der().ok()?.as_bytes().to_vec())
+    let value = session.get_attributes(object, &[AttributeType::Value])?.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => String::from_utf8(v).ok(),
+        _ => None,
+    });
+    Ok(value)
 }
 
-/// `SHA256:` and the unpadded base64 digest, the way ssh-keygen prints fingerprints.
-pub fn fingerprint(spki_der: &[u8]) -> String {
-    format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(spki_der)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ec_point_in_either_encoding() {
-        let secret = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
-        let point = secret.public_key().to_sec1_bytes();
-        let mut wrapped = vec![0x04, 0x41];
-        wrapped.extend_from_slice(&point);
-        let spki = p256_spki(&point).unwrap();
-        assert_eq!(p256_spki(&wrapped).unwrap(), spki);
-        assert!(fingerprint(&spki).starts_with("SHA256:"));
-        assert_eq!(p256_spki(&[0x04, 0x01]), None);
+fn unsupported_info(session: &Session, handle: ObjectHandle) -> Result<KeyInfo, TokenError> {
+    let mut info =
+        KeyInfo { label: String::new(), id: String::new(), alg: None, kid: None, fingerprint: None };
+    for attribute in session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])? {
+        match attribute {
+            Attribute::Label(v) => info.label = String::from_utf8_lossy(&v).into_owned(),
+            Attribute::Id(v) => info.id = hex(&v),
+            _ => {}
+        }
     }
+    Ok(info)
 }

@@ -2,26 +2,31 @@
 //! signing. Every call here blocks; the daemon makes them from the session pool's worker
 //! threads ([`pool`]), never from the async reactor.
 
+mod create;
 mod error;
 mod keys;
 pub mod pool;
+mod raw;
+mod sign;
+pub mod uri;
 
+pub use create::NewKey;
 pub use error::TokenError;
-pub use keys::Key;
+pub use keys::{Key, KeyKind};
 
 use crate::jose::Alg;
 use crate::protocol::{KeyInfo, PinCounters, TokenStatus};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use uri::Selector;
 
 /// One token in one loaded PKCS#11 module, logged in as the user.
 pub struct Token {
@@ -36,27 +41,45 @@ pub struct Token {
     /// Serializes logins, so that workers recovering at once spend one try, not one each.
     login_lock: Mutex<()>,
     mechanisms: Vec<MechanismType>,
-    /// Key handles by label, found once. Cleared when the token loses its objects' handles.
+    /// Key handles by the name they were asked for, found once. Cleared when the token loses
+    /// its objects' handles.
     keys: RwLock<HashMap<String, Arc<Key>>>,
+    /// `C_Sign` for always-authenticate keys, loaded the first time one signs.
+    raw: OnceLock<Result<raw::RawSign, String>>,
+    /// The token's identity, to check key URIs that name a token against it.
+    identity: Identity,
+}
+
+/// What identifies the token a key URI may name.
+struct Identity {
+    slot_id: u64,
+    label: String,
+    manufacturer: String,
+    model: String,
+    serial: String,
 }
 
 impl Token {
-    /// Loads `module`, finds the token labelled `label` and logs in with `pin`. A rejected PIN
-    /// is tried exactly once and reported with the token's PIN counters.
-    pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<(Token, Session), TokenError> {
+    /// Loads `module`, finds the token `name` selects (a label, `serial=...` or a PKCS#11
+    /// URI) and logs in with `pin`. A rejected PIN is tried exactly once and reported with the
+    /// token's PIN counters.
+    pub fn open(module: &Path, name: &str, pin: AuthPin) -> Result<(Token, Session), TokenError> {
+        let selector = Selector::token(name).map_err(TokenError::BadName)?;
         let ctx = Pkcs11::new(module)
             .map_err(|e| TokenError::Module { path: module.display().to_string(), reason: e.to_string() })?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).or_else(|e| match e {
             CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _) => Ok(()),
             e => Err(e),
         })?;
-        let slot = find_slot(&ctx, label)?;
+        let (slot, identity) = find_slot(&ctx, &selector, name)?;
         let mechanisms = ctx.get_mechanism_list(slot)?;
         let token = Token {
             ctx,
             slot,
             module: module.to_path_buf(),
-            label: label.to_owned(),
+            label: identity.label.clone(),
+            identity,
+            raw: OnceLock::new(),
             pin,
             pin_rejected: AtomicBool::new(false),
             login_lock: Mutex::new(()),
@@ -71,6 +94,11 @@ impl Token {
     /// Opens a read-only session (signing needs no more).
     pub fn open_session(&self) -> Result<Session, TokenError> {
         Ok(self.ctx.open_ro_session(self.slot)?)
+    }
+
+    /// Opens a read-write session, for creating keys.
+    pub fn open_rw_session(&self) -> Result<Session, TokenError> {
+        Ok(self.ctx.open_rw_session(self.slot)?)
     }
 
     /// Logs the user in unless the token already has the login. Never tries a PIN the token
@@ -159,14 +187,21 @@ impl Token {
         }
     }
 
-    /// The key labelled `label`, from the cache or found on the token.
-    pub fn key(&self, session: &Session, label: &str) -> Result<Arc<Key>, TokenError> {
-        if let Some(key) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(label) {
+    /// The key `name` selects (a label or a PKCS#11 URI), from the cache or found on the token.
+    pub fn key(&self, session: &Session, name: &str) -> Result<Arc<Key>, TokenError> {
+        if let Some(key) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(key.clone());
         }
-        let key = Arc::new(keys::find_by_label(session, label)?);
+        let selector = Selector::key(name).map_err(TokenError::BadName)?;
+        let i = &self.identity;
+        if selector.names_token()
+            && !selector.fits_token(i.slot_id, &i.label, &i.manufacturer, &i.model, &i.serial)
+        {
+            return Err(TokenError::OtherToken { key: name.to_owned(), token: i.label.clone() });
+        }
+        let key = Arc::new(keys::find(session, &selector, name)?);
         let mut cache = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        Ok(cache.entry(label.to_owned()).or_insert(key).clone())
+        Ok(cache.entry(name.to_owned()).or_insert(key).clone())
     }
 
     /// Forgets the cached key handles (after the token dropped its sessions).
@@ -182,37 +217,59 @@ impl Token {
     /// Signs JWS signing input with `key` for `alg`, inside the token. Returns the raw JWS
     /// signature (`r || s` for ECDSA).
     pub fn sign(&self, session: &Session, key: &Key, alg: Alg, input: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let signature = match alg {
-            Alg::Es256 if self.mechanisms.contains(&MechanismType::ECDSA_SHA256) => {
-                session.sign(&Mechanism::EcdsaSha256, key.handle, input)?
-            }
-            Alg::Es256 => {
-                // Raw CKM_ECDSA signs whatever it is given: it must be the 32-byte digest.
-                let digest: [u8; 32] = Sha256::digest(input).into();
-                session.sign(&Mechanism::Ecdsa, key.handle, &digest)?
-            }
+        if !key.signs(alg) {
+            return Err(TokenError::WrongAlg { key: key.info.label.clone(), asked: alg, can: key.algs() });
+        }
+        let plan = sign::plan(alg, key, &self.mechanisms)?;
+        let data = plan.data(input);
+        let signature = if key.always_authenticate {
+            let raw = self
+                .raw
+                .get_or_init(|| raw::RawSign::load(&self.module).map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(|e| TokenError::Other(e.clone()))?;
+            session.sign_init(&plan.mechanism, key.handle)?;
+            // The PIN that logged in, once more for this one signature (CKA_ALWAYS_AUTHENTICATE).
+            session.login(UserType::ContextSpecific, Some(&self.pin))?;
+            raw.sign(session.handle(), &data, plan.signature_len)?
+        } else {
+            session.sign(&plan.mechanism, key.handle, &data)?
         };
-        if signature.len() != alg.signature_len() {
+        if signature.len() != plan.signature_len {
             return Err(TokenError::BadSignature { alg, len: signature.len() });
         }
         Ok(signature)
     }
+
+    /// Creates a key on the token: imported from a file, or generated inside it.
+    pub fn create(&self, new: &NewKey) -> Result<KeyInfo, TokenError> {
+        let session = self.open_rw_session()?;
+        let label = create::create(&session, new)?;
+        self.key(&session, &label).map(|key| key.info.clone())
+    }
 }
 
-fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, TokenError> {
+fn find_slot(ctx: &Pkcs11, selector: &Selector, name: &str) -> Result<(Slot, Identity), TokenError> {
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for slot in ctx.get_slots_with_token()? {
         let Ok(info) = ctx.get_token_info(slot) else { continue };
-        let this = info.label().trim_end().to_owned();
-        if this == label {
-            found.push(slot);
+        let identity = Identity {
+            slot_id: slot.id(),
+            label: info.label().trim_end().to_owned(),
+            manufacturer: info.manufacturer_id().trim_end().to_owned(),
+            model: info.model().trim_end().to_owned(),
+            serial: info.serial_number().trim_end().to_owned(),
+        };
+        seen.push(format!("{:?} (serial {})", identity.label, identity.serial));
+        let i = &identity;
+        if selector.fits_token(i.slot_id, &i.label, &i.manufacturer, &i.model, &i.serial) {
+            found.push((slot, identity));
         }
-        seen.push(this);
     }
-    match found.as_slice() {
-        [slot] => Ok(*slot),
-        [] => Err(TokenError::NoToken { label: label.to_owned(), seen }),
-        _ => Err(TokenError::AmbiguousToken { label: label.to_owned() }),
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(TokenError::NoToken { name: name.to_owned(), seen }),
+        _ => Err(TokenError::AmbiguousToken { name: name.to_owned() }),
     }
 }

@@ -310,3 +310,59 @@ print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims})
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
+
+/// Every object on the token, as python-pkcs11 (independent of the agent) sees it.
+pub fn inspect(hsm: &Hsm) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pkcs11_inspect.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&hsm.module)
+        .args([TOKEN_LABEL, PIN])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python-pkcs11: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+/// Makes a PKCS#8 PEM private key with openssl: `EC:P-256`, `EC:P-384`, `EC:P-521`, `EC:secp256k1`,
+/// `RSA:2048` or `ED25519`.
+pub fn openssl_key(kind: &str, path: &Path) {
+    let mut command = Command::new("openssl");
+    command.arg("genpkey");
+    match kind.split_once(':') {
+        Some(("EC", curve)) => {
+            command.args(["-algorithm", "EC", "-pkeyopt", &format!("ec_paramgen_curve:{curve}")])
+        }
+        Some(("RSA", bits)) => {
+            command.args(["-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}")])
+        }
+        _ => command.args(["-algorithm", kind]),
+    };
+    run_ok(command.arg("-out").arg(path).stderr(Stdio::null()));
+}
+
+/// The public half of a private key file, PEM, by openssl.
+pub fn openssl_public(path: &Path) -> String {
+    String::from_utf8(run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(path)).stdout)
+        .unwrap()
+}
+
+/// Verifies a token of any algorithm with PyJWT, once with a PEM public key and once with a JWK;
+/// returns the claims.
+pub fn verify_pyjwt_with(token: &str, alg: &str, pem: &str, jwk: &str) -> Value {
+    let script = r#"
+import json, sys, jwt
+token, alg, pem, jwk = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+opts = {"verify_aud": False}
+by_pem = jwt.decode(token, pem, algorithms=[alg], options=opts)
+jwk = json.loads(jwk)
+jwk["alg"] = alg  # an RSA key's JWK names its default alg; the same key signs the others too
+by_jwk = jwt.decode(token, jwt.PyJWK(jwk), algorithms=[alg], options=opts)
+assert by_pem == by_jwk
+print(json.dumps(by_pem))
+"#;
+    let out = Command::new("python3").args(["-c", script, token, alg, pem, jwk]).output().unwrap();
+    assert!(out.status.success(), "PyJWT refused the {alg} token: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,0 +1,193 @@
+//! `import`, `generate`, `pubkey` and `verify`: the key lifecycle from the command line.
+
+use super::{Failure, SocketArgs, connect, print_line};
+use crate::error::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
+use crate::protocol::{GenerateRequest, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
+use crate::pubkey::PublicKey;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// PKCS#8 PEM private key, such as Apple's AuthKey_ABC123DEFG.p8
+    #[arg(value_name = "FILE.p8")]
+    file: PathBuf,
+    /// Label on the token [default: ABC123DEFG for AuthKey_ABC123DEFG.p8, else the file's name]
+    #[arg(long, value_name = "LABEL")]
+    label: Option<String>,
+    /// The key's kid [default: ABC123DEFG for AuthKey_ABC123DEFG.p8, else the label]
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
+    /// CKA_ID in hex [default: derived from the public key]
+    #[arg(long, value_name = "HEX")]
+    id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Label on the token
+    #[arg(long, value_name = "LABEL")]
+    label: String,
+    /// What the key signs: ES256, ES384, ES512, RS256, PS256 (and the other RS/PS sizes), EdDSA
+    #[arg(long, value_name = "ALG", default_value = "ES256")]
+    alg: String,
+    /// CKA_ID in hex [default: random]
+    #[arg(long, value_name = "HEX")]
+    id: Option<String>,
+    /// RSA modulus size: 2048, 3072 or 4096 [default: 2048]
+    #[arg(long, value_name = "BITS")]
+    bits: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Pem,
+    Jwk,
+    Jwks,
+}
+
+#[derive(Debug, Args)]
+pub struct PubkeyArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Key label or PKCS#11 URI; may be left out with --format jwks for every key
+    #[arg(value_name = "KEY")]
+    key: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "pem")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("with").required(true).args(["key", "pubkey"])))]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// The compact JWT; `-` reads it from stdin
+    #[arg(value_name = "TOKEN")]
+    token: String,
+    /// Verify with this key's public half, asked of the agent
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// Verify with this PEM public key file (no agent needed)
+    #[arg(long, value_name = "FILE")]
+    pubkey: Option<PathBuf>,
+}
+
+/// `jwt-agent import FILE.p8`.
+pub fn import(args: ImportArgs) -> Result<(), Failure> {
+    let pem = std::fs::read_to_string(&args.file)
+        .map(Zeroizing::new)
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot read {}: {e}", args.file.display())))?;
+    let from_name = apple_key_id(&args.file);
+    let label =
+        args.label.or_else(|| from_name.clone()).or_else(|| args.kid.clone()).or_else(|| stem(&args.file));
+    let kid = args.kid.or(from_name);
+    let request = ImportRequest { pkcs8_pem: SecretText(pem), label, kid, id: args.id };
+    let key = connect(&args.socket)?.import(request)?;
+    print_line(&format!(
+        "Imported {} into the token as a non-extractable key.\nThe token holds the key now; destroy the file:\n  shred -u {}",
+        describe(&key),
+        shell_word(&args.file.display().to_string()),
+    ))
+}
+
+/// `jwt-agent generate --label L`.
+pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
+    let request = GenerateRequest { label: args.label, alg: Some(args.alg), id: args.id, bits: args.bits };
+    let key = connect(&args.socket)?.generate(request)?;
+    print_line(&format!("Generated {} inside the token; it cannot be exported.", describe(&key)))
+}
+
+fn describe(key: &KeyInfo) -> String {
+    format!(
+        "{} ({}, id {}, kid {}, {})",
+        key.label,
+        key.alg.as_deref().unwrap_or("?"),
+        key.id,
+        key.kid.as_deref().unwrap_or("-"),
+        key.fingerprint.as_deref().unwrap_or("no public key")
+    )
+}
+
+/// `ABC123DEFG` from `AuthKey_ABC123DEFG.p8`, Apple's naming.
+fn apple_key_id(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let id = name.strip_prefix("AuthKey_")?.strip_suffix(".p8")?;
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+fn stem(file: &Path) -> Option<String> {
+    file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
+}
+
+fn shell_word(text: &str) -> String {
+    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c)) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// `jwt-agent pubkey KEY --format pem|jwk|jwks`.
+pub fn pubkey(args: PubkeyArgs) -> Result<(), Failure> {
+    let format = match args.format {
+        Format::Pem => PubkeyFormat::Pem,
+        Format::Jwk => PubkeyFormat::Jwk,
+        Format::Jwks => PubkeyFormat::Jwks,
+    };
+    if args.key.is_none() && !matches!(format, PubkeyFormat::Jwks) {
+        return Err(Failure::usage("give KEY, or --format jwks for every key"));
+    }
+    let result = connect(&args.socket)?.pubkey(args.key.as_deref(), format)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match (result.pem, result.jwk, result.jwks) {
+        (Some(pem), _, _) => print_line(pem.trim_end()),
+        (_, Some(jwk), _) => print_line(&pretty(&jwk)),
+        (_, _, Some(jwks)) => print_line(&pretty(&jwks)),
+        _ => Err(Failure::new(EXIT_OTHER, "the agent sent no key")),
+    }
+}
+
+/// `jwt-agent verify TOKEN (--key KEY | --pubkey FILE)`.
+pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let token = match args.token.as_str() {
+        "-" => super::read_stdin()?,
+        token => token.to_owned(),
+    };
+    let pem = match (&args.pubkey, &args.key) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot read {}: {e}", file.display())))?,
+        (None, Some(key)) => connect(&args.socket)?
+            .pubkey(Some(key), PubkeyFormat::Pem)?
+            .pem
+            .ok_or_else(|| Failure::new(EXIT_OTHER, "the agent sent no key"))?,
+        (None, None) => return Err(Failure::usage("give --key KEY or --pubkey FILE")),
+    };
+    let key =
+        PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let verified = crate::verify::verify(&token, &key, now)
+        .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
+    let out = json!({ "header": verified.header, "claims": verified.claims });
+    print_line(&serde_json::to_string_pretty(&out).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apple_file_names_give_the_key_id() {
+        assert_eq!(apple_key_id(Path::new("/x/AuthKey_ABC123DEFG.p8")).as_deref(), Some("ABC123DEFG"));
+        assert_eq!(apple_key_id(Path::new("AuthKey_.p8")), None);
+        assert_eq!(apple_key_id(Path::new("key.pem")), None);
+        assert_eq!(stem(Path::new("/x/release.pem")).as_deref(), Some("release"));
+    }
+}

@@ -1,0 +1,198 @@
+//! Private key files: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), which is what Apple's `.p8`
+//! files are. Used only to put a key on the token; every buffer that holds key bytes is zeroized.
+
+use crate::pubkey::{Curve, PublicKey};
+use pkcs8::der::Decode;
+use zeroize::Zeroizing;
+
+/// Secret bytes, zeroized on drop.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// A private key read from a file, with its public half.
+// One is made per import; boxing the EC variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum PrivateKey {
+    /// An EC key: the curve and the private value `CKA_VALUE` holds (the big-endian scalar,
+    /// or for Ed25519 the 32-byte seed).
+    Ec {
+        /// The curve.
+        curve: Curve,
+        /// The private scalar or seed.
+        scalar: Secret,
+        /// The public key.
+        public: PublicKey,
+    },
+    /// An RSA key, with the CRT components PKCS#11 wants.
+    Rsa(Box<RsaParts>),
+}
+
+/// The components of an RSA private key, big-endian.
+pub struct RsaParts {
+    /// `n`.
+    pub modulus: Vec<u8>,
+    /// `e`.
+    pub public_exponent: Vec<u8>,
+    /// `d`.
+    pub private_exponent: Secret,
+    /// `p`.
+    pub prime_1: Secret,
+    /// `q`.
+    pub prime_2: Secret,
+    /// `d mod (p-1)`.
+    pub exponent_1: Secret,
+    /// `d mod (q-1)`.
+    pub exponent_2: Secret,
+    /// `q^-1 mod p`.
+    pub coefficient: Secret,
+    /// The public key.
+    pub public: PublicKey,
+}
+
+impl PrivateKey {
+    /// The public half.
+    pub fn public(&self) -> &PublicKey {
+        match self {
+            PrivateKey::Ec { public, .. } => public,
+            PrivateKey::Rsa(parts) => &parts.public,
+        }
+    }
+}
+
+/// Why a key file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// Not PEM at all.
+    #[error("the file is not PEM; an Apple .p8 file starts with -----BEGIN PRIVATE KEY-----")]
+    NotPem,
+    /// An encrypted PKCS#8 file.
+    #[error(
+        "the key is encrypted (ENCRYPTED PRIVATE KEY); Apple's .p8 files are not, and this agent does not decrypt keys"
+    )]
+    Encrypted,
+    /// A PEM of something else than a private key.
+    #[error("the file holds a {0}, not a private key")]
+    NotPrivateKey(String),
+    /// A traditional (non-PKCS#8) private key.
+    #[error(
+        "the file holds a {0}, not PKCS#8; convert it with `openssl pkcs8 -topk8 -nocrypt` into a private folder, import that, and shred both"
+    )]
+    NotPkcs8(String),
+    /// The DER does not parse.
+    #[error("the PKCS#8 key is malformed: {0}")]
+    Malformed(String),
+    /// A curve or key type this agent does not sign with.
+    #[error("unsupported key type: {0} (supported: P-256, P-384, P-521, RSA, Ed25519)")]
+    Unsupported(String),
+}
+
+const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+const ED25519: &str = "1.3.101.112";
+
+/// Reads a PKCS#8 PEM private key.
+pub fn parse_pem(text: &str) -> Result<PrivateKey, KeyFileError> {
+    let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes()).map_err(|_| KeyFileError::NotPem)?;
+    let der = Zeroizing::new(der);
+    match label {
+        "PRIVATE KEY" => parse_der(&der),
+        "ENCRYPTED PRIVATE KEY" => Err(KeyFileError::Encrypted),
+        "EC PRIVATE KEY" | "RSA PRIVATE KEY" | "OPENSSH PRIVATE KEY" => {
+            Err(KeyFileError::NotPkcs8(label.to_lowercase()))
+        }
+        other => Err(KeyFileError::NotPrivateKey(other.to_lowercase())),
+    }
+}
+
+/// Reads a DER PKCS#8 PrivateKeyInfo.
+pub fn parse_der(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
+    let malformed = |e: &dyn std::fmt::Display| KeyFileError::Malformed(e.to_string());
+    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|e| malformed(&e))?;
+    let (oid, params) = info.algorithm.oids().map_err(|e| malformed(&e))?;
+    match (oid.to_string().as_str(), params.map(|p| p.to_string())) {
+        (EC_PUBLIC_KEY, Some(curve)) => ec(der, &curve),
+        (EC_PUBLIC_KEY, None) => Err(KeyFileError::Malformed("an EC key without a named curve".into())),
+        (RSA_ENCRYPTION, _) => rsa(info.private_key.as_bytes()),
+        (ED25519, _) => ed25519(der),
+        (other, _) => Err(KeyFileError::Unsupported(format!("algorithm {other}"))),
+    }
+}
+
+fn ec(der: &[u8], curve_oid: &str) -> Result<PrivateKey, KeyFileError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let malformed = |e: pkcs8::Error| KeyFileError::Malformed(e.to_string());
+    let (curve, scalar, public) = match curve_oid {
+        "1.2.840.10045.3.1.7" => {
+            let key = p256::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
+            (Curve::P256, key.to_bytes().to_vec(), PublicKey::P256(key.public_key()))
+        }
+        "1.3.132.0.34" => {
+            let key = p384::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
+            (Curve::P384, key.to_bytes().to_vec(), PublicKey::P384(key.public_key()))
+        }
+        "1.3.132.0.35" => {
+            let key = p521::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
+            (Curve::P521, key.to_bytes().to_vec(), PublicKey::P521(key.public_key()))
+        }
+        other => return Err(KeyFileError::Unsupported(format!("EC curve {other}"))),
+    };
+    Ok(PrivateKey::Ec { curve, scalar: Zeroizing::new(scalar), public })
+}
+
+fn ed25519(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let key =
+        ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|e| KeyFileError::Malformed(e.to_string()))?;
+    let public = PublicKey::Ed25519(key.verifying_key());
+    Ok(PrivateKey::Ec { curve: Curve::Ed25519, scalar: Zeroizing::new(key.to_bytes().to_vec()), public })
+}
+
+fn rsa(pkcs1_der: &[u8]) -> Result<PrivateKey, KeyFileError> {
+    let key =
+        pkcs1::RsaPrivateKeyRef::try_from(pkcs1_der).map_err(|e| KeyFileError::Malformed(e.to_string()))?;
+    if key.other_prime_infos.is_some() {
+        return Err(KeyFileError::Unsupported("multi-prime RSA".into()));
+    }
+    let secret = |u: &pkcs1::UintRef| Zeroizing::new(u.as_bytes().to_vec());
+    let modulus = key.modulus.as_bytes().to_vec();
+    let public_exponent = key.public_exponent.as_bytes().to_vec();
+    let public = PublicKey::from_rsa(&modulus, &public_exponent)
+        .map_err(|e| KeyFileError::Malformed(format!("the RSA public key: {e}")))?;
+    Ok(PrivateKey::Rsa(Box::new(RsaParts {
+        private_exponent: secret(&key.private_exponent),
+        prime_1: secret(&key.prime1),
+        prime_2: secret(&key.prime2),
+        exponent_1: secret(&key.exponent1),
+        exponent_2: secret(&key.exponent2),
+        coefficient: secret(&key.coefficient),
+        modulus,
+        public_exponent,
+        public,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_plain_pkcs8_private_key() {
+        assert_eq!(parse_pem("hello").err(), Some(KeyFileError::NotPem));
+        let pem = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+        assert_eq!(parse_pem(&pem("ENCRYPTED PRIVATE KEY")).err(), Some(KeyFileError::Encrypted));
+        assert!(matches!(parse_pem(&pem("EC PRIVATE KEY")), Err(KeyFileError::NotPkcs8(_))));
+        assert!(matches!(parse_pem(&pem("PUBLIC KEY")), Err(KeyFileError::NotPrivateKey(_))));
+        assert!(matches!(parse_pem(&pem("CERTIFICATE")), Err(KeyFileError::NotPrivateKey(_))));
+        assert!(matches!(parse_pem(&pem("PRIVATE KEY")), Err(KeyFileError::Malformed(_))));
+    }
+
+    #[test]
+    fn reads_a_p256_key_and_its_public_half() {
+        use p256::pkcs8::EncodePrivateKey;
+        let secret = p256::SecretKey::from_slice(&[3u8; 32]).unwrap();
+        let pem = secret.to_pkcs8_pem(pkcs8::LineEnding::LF).unwrap();
+        let PrivateKey::Ec { curve, scalar, public } = parse_pem(&pem).unwrap() else { panic!("not EC") };
+        assert_eq!(curve, Curve::P256);
+        assert_eq!(scalar.as_slice(), &[3u8; 32]);
+        assert_eq!(public, PublicKey::P256(secret.public_key()));
+    }
+}

@@ -1,0 +1,296 @@
+//! Putting keys on the token: importing a private key from a file, or generating a key pair
+//! inside the token. Private keys are always created sensitive and non-extractable, for
+//! signing only; a failure part-way destroys what was created.
+
+use super::TokenError;
+use super::keys::{self, KID_APPLICATION};
+use crate::jose::{Alg, Family};
+use crate::keyfile::PrivateKey;
+use crate::pubkey::{Curve, PublicKey};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use sha2::{Digest, Sha256};
+
+/// A key to create.
+// One is made per import or generate request.
+#[allow(clippy::large_enum_variant)]
+pub enum NewKey {
+    /// A private key read from a file.
+    Import {
+        /// The key.
+        key: PrivateKey,
+        /// `CKA_LABEL` of both objects.
+        label: String,
+        /// `CKA_ID`; default: the first 8 bytes of the SHA-256 of the public key's SPKI.
+        id: Option<Vec<u8>>,
+        /// The key's `kid`; default: the label.
+        kid: Option<String>,
+    },
+    /// A key pair generated inside the token.
+    Generate {
+        /// The algorithm it is for.
+        alg: Alg,
+        /// RSA modulus size.
+        bits: Option<u32>,
+        /// `CKA_LABEL` of both objects.
+        label: String,
+        /// `CKA_ID`; default: 8 random bytes from the token.
+        id: Option<Vec<u8>>,
+    },
+}
+
+/// The mechanisms a key made for PS256/384/512 is limited to, so that its default is PSS.
+const PSS_ONLY: [MechanismType; 4] = [
+    MechanismType::RSA_PKCS_PSS,
+    MechanismType::SHA256_RSA_PKCS_PSS,
+    MechanismType::SHA384_RSA_PKCS_PSS,
+    MechanismType::SHA512_RSA_PKCS_PSS,
+];
+
+/// Creates the key; returns its label.
+pub fn create(session: &Session, new: &NewKey) -> Result<String, TokenError> {
+    let (label, id) = match new {
+        NewKey::Import { key, label, id, kid: _ } => {
+            (label, id.clone().unwrap_or_else(|| Sha256::digest(key.public().to_spki_der())[..8].to_vec()))
+        }
+        NewKey::Generate { label, id, .. } => {
+            (label, id.clone().map_or_else(|| session.generate_random_vec(8), Ok)?)
+        }
+    };
+    if label.is_empty() {
+        return Err(TokenError::BadKey("a key needs a label".into()));
+    }
+    if let Some(taken) = keys::taken(session, label, &id)? {
+        return Err(TokenError::Exists(taken));
+    }
+    let mut created = Vec::new();
+    let result = match new {
+        NewKey::Import { key, kid, .. } => import(session, key, label, &id, &mut created).and_then(|()| {
+            match kid.as_deref().filter(|kid| kid != label) {
+                Some(kid) => store_kid(session, label, kid, &mut created),
+                None => Ok(()),
+            }
+        }),
+        NewKey::Generate { alg, bits, .. } => generate(session, *alg, *bits, label, &id, &mut created)
+            .and_then(|public| store_kid(session, label, &public.thumbprint(), &mut created)),
+    };
+    if let Err(e) = result {
+        for object in created.into_iter().rev() {
+            if let Err(cleanup) = session.destroy_object(object) {
+                crate::warn!("could not remove a half-created object of key {label:?}: {cleanup}");
+            }
+        }
+        return Err(e);
+    }
+    Ok(label.clone())
+}
+
+/// What every private key of this agent is: on the token, private, sensitive, never
+/// extractable, for signing only.
+fn private_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+fn public_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
+}
+
+fn key_type(curve: Curve) -> KeyType {
+    if curve == Curve::Ed25519 { KeyType::EC_EDWARDS } else { KeyType::EC }
+}
+
+fn import(
+    session: &Session,
+    key: &PrivateKey,
+    label: &str,
+    id: &[u8],
+    created: &mut Vec<ObjectHandle>,
+) -> Result<(), TokenError> {
+    let (mut private, mut public) = match key {
+        PrivateKey::Ec { curve, scalar, .. } => {
+            let (kt, params) = (key_type(*curve), curve.params().to_vec());
+            let mut private = private_template(label, id, kt);
+            private.extend([Attribute::EcParams(params.clone()), Attribute::Value(scalar.to_vec())]);
+            let mut public = public_template(label, id, kt);
+            public.extend([Attribute::EcParams(params), Attribute::EcPoint(ec_point(key.public()))]);
+            (private, public)
+        }
+        PrivateKey::Rsa(parts) => {
+            let mut private = private_template(label, id, KeyType::RSA);
+            private.extend([
+                Attribute::Modulus(parts.modulus.clone()),
+                Attribute::PublicExponent(parts.public_exponent.clone()),
+                Attribute::PrivateExponent(parts.private_exponent.to_vec()),
+                Attribute::Prime1(parts.prime_1.to_vec()),
+                Attribute::Prime2(parts.prime_2.to_vec()),
+                Attribute::Exponent1(parts.exponent_1.to_vec()),
+                Attribute::Exponent2(parts.exponent_2.to_vec()),
+                Attribute::Coefficient(parts.coefficient.to_vec()),
+            ]);
+            let mut public = public_template(label, id, KeyType::RSA);
+            public.extend([
+                Attribute::Modulus(parts.modulus.clone()),
+                Attribute::PublicExponent(parts.public_exponent.clone()),
+            ]);
+            (private, public)
+        }
+    };
+    let made = session.create_object(&private);
+    zeroize_template(&mut private);
+    created.push(made?);
+    created.push(session.create_object(&public)?);
+    public.clear();
+    Ok(())
+}
+
+/// Overwrites the secret values in a template once the token has them.
+fn zeroize_template(template: &mut [Attribute]) {
+    use zeroize::Zeroize;
+    for attribute in template.iter_mut() {
+        match attribute {
+            Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
+/// `CKA_EC_POINT`: the point as a DER OCTET STRING, as PKCS#11 specifies.
+fn ec_point(public: &PublicKey) -> Vec<u8> {
+    let raw: Vec<u8> = match public {
+        PublicKey::P256(k) => k.to_sec1_bytes().into_vec(),
+        PublicKey::P384(k) => k.to_sec1_bytes().into_vec(),
+        PublicKey::P521(k) => k.to_sec1_bytes().into_vec(),
+        PublicKey::Ed25519(k) => k.as_bytes().to_vec(),
+        PublicKey::Rsa(_) => Vec::new(),
+    };
+    let mut der = vec![0x04];
+    if raw.len() >= 0x80 {
+        der.push(0x81);
+    }
+    der.push(raw.len() as u8);
+    der.extend_from_slice(&raw);
+    der
+}
+
+fn generate(
+    session: &Session,
+    alg: Alg,
+    bits: Option<u32>,
+    label: &str,
+    id: &[u8],
+    created: &mut Vec<ObjectHandle>,
+) -> Result<PublicKey, TokenError> {
+    let curve = match alg {
+        Alg::Es256 => Some(Curve::P256),
+        Alg::Es384 => Some(Curve::P384),
+        Alg::Es512 => Some(Curve::P521),
+        Alg::EdDsa => Some(Curve::Ed25519),
+        _ => None,
+    };
+    if curve.is_some() && bits.is_some() {
+        return Err(TokenError::BadKey(format!("--bits is for RSA keys; {alg} keys have a fixed size")));
+    }
+    let (mechanism, mut public, mut private) = match curve {
+        Some(curve) => {
+            let kt = key_type(curve);
+            let mut public = public_template(label, id, kt);
+            public.push(Attribute::EcParams(curve.params().to_vec()));
+            let mechanism = if curve == Curve::Ed25519 {
+                Mechanism::EccEdwardsKeyPairGen
+            } else {
+                Mechanism::EccKeyPairGen
+            };
+            (mechanism, public, private_template(label, id, kt))
+        }
+        None => {
+            let bits = bits.unwrap_or(2048);
+            if ![2048, 3072, 4096].contains(&bits) {
+                return Err(TokenError::BadKey(format!("RSA keys are 2048, 3072 or 4096 bits, not {bits}")));
+            }
+            let mut public = public_template(label, id, KeyType::RSA);
+            public.extend([
+                Attribute::ModulusBits(u64::from(bits).into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+            ]);
+            let mut private = private_template(label, id, KeyType::RSA);
+            if alg.family() == Family::RsaPss {
+                private.push(Attribute::AllowedMechanisms(PSS_ONLY.to_vec()));
+            }
+            (Mechanism::RsaPkcsKeyPairGen, public, private)
+        }
+    };
+    // The key type is implied by the mechanism; some tokens refuse it in the templates.
+    public.retain(|a| !matches!(a, Attribute::KeyType(_)));
+    private.retain(|a| !matches!(a, Attribute::KeyType(_)));
+    let (public_handle, private_handle) = session.generate_key_pair(&mechanism, &public, &private)?;
+    created.extend([private_handle, public_handle]);
+    read_public(session, public_handle, curve)
+}
+
+fn read_public(
+    session: &Session,
+    handle: ObjectHandle,
+    curve: Option<Curve>,
+) -> Result<PublicKey, TokenError> {
+    let wanted = [AttributeType::EcPoint, AttributeType::Modulus, AttributeType::PublicExponent];
+    let (mut point, mut modulus, mut exponent) = (Vec::new(), Vec::new(), Vec::new());
+    for attribute in session.get_attributes(handle, &wanted)? {
+        match attribute {
+            Attribute::EcPoint(v) => point = v,
+            Attribute::Modulus(v) => modulus = v,
+            Attribute::PublicExponent(v) => exponent = v,
+            _ => {}
+        }
+    }
+    let public = match curve {
+        Some(curve) => PublicKey::from_ec_point(curve, &point),
+        None => PublicKey::from_rsa(&modulus, &exponent),
+    };
+    public.map_err(|e| TokenError::Other(format!("the generated public key: {e}")))
+}
+
+fn store_kid(
+    session: &Session,
+    label: &str,
+    kid: &str,
+    created: &mut Vec<ObjectHandle>,
+) -> Result<(), TokenError> {
+    let template = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Application(KID_APPLICATION.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Value(kid.as_bytes().to_vec()),
+    ];
+    created.push(session.create_object(&template)?);
+    Ok(())
+}
