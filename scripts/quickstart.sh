@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # jwt-agent quickstart, for a fresh Debian/Ubuntu machine (as root, or after the sudo command it
-# prints). Installs SoftHSM if missing, builds, makes a SoftHSM token, imports a demo Apple-style
-# .p8 key, starts the agent, signs an App Store Connect token and verifies it with openssl.
+# prints). Installs SoftHSM if missing, builds, makes a SoftHSM token, starts the agent, imports a
+# demo Apple-style .p8 key with `jwt-agent import`, signs an App Store Connect token and verifies
+# it with openssl.
 # Safe to run again: it keeps the token and key, and restarts the agent.
 # Progress goes to stderr; the token alone goes to stdout.
 set -euo pipefail
@@ -82,42 +83,32 @@ else
     rm -f "$PUBKEY" # a key from an earlier token is gone with it
 fi
 
-# --- 4. Demo Apple-style key (.p8), imported then destroyed ---------------------------------------
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-if [ -s "$PUBKEY" ]; then
-    step "key $KEY already imported"
-else
-    P8="$TMP/AuthKey_$KEY.p8"
-    step "making demo key $P8"
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$P8"
-    openssl pkey -in "$P8" -pubout -out "$PUBKEY"
-    step "importing $KEY into token $TOKEN_LABEL"
-    # Demo shortcut: softhsm2-util wants the PIN on its command line. Once jwt-agent is running,
-    # `jwt-agent import AuthKey_XXXX.p8` does this (non-extractable key, PIN never in argv).
-    if ! softhsm2-util --import "$P8" --token "$TOKEN_LABEL" --label "$KEY" --id 01 \
-        --pin "$(cat "$PINFILE")" >&2; then
-        rm -f "$PUBKEY"
-        die "softhsm2-util --import failed"
-    fi
-    shred -u "$P8"
-fi
-
-# --- 5. Start (or restart) the agent ------------------------------------------------------------
+# --- 4. Start (or restart) the agent ------------------------------------------------------------
 SOCK="${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/jwt-agent/agent.sock}"
 SOCK="${SOCK:-/tmp/jwt-agent-$(id -u)/agent.sock}"
 if "$BIN" status --socket "$SOCK" >/dev/null 2>&1; then
     step "stopping the running agent"
     "$BIN" stop --socket "$SOCK" >&2
-    for _ in $(seq 50); do
-        "$BIN" status --socket "$SOCK" >/dev/null 2>&1 || break
-        sleep 0.1
-    done
 fi
 step "starting the agent on $SOCK"
 agent_env=$("$BIN" start --module "$MODULE" --token "$TOKEN_LABEL" --pin-file "$PINFILE" --socket "$SOCK") ||
     die "the agent did not start (see the message above)"
 eval "$agent_env" >&2 # sets JWT_AGENT_SOCK, prints the agent's pid
+
+# --- 5. Demo Apple-style key (.p8), imported then destroyed ---------------------------------------
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+if [ -s "$PUBKEY" ] && "$BIN" pubkey "$KEY" >/dev/null 2>&1; then
+    step "key $KEY already on the token"
+else
+    P8="$TMP/AuthKey_$KEY.p8"
+    step "making demo key $P8 (P-256 PKCS#8, like Apple's)"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$P8"
+    openssl pkey -in "$P8" -pubout -out "$PUBKEY"
+    step "importing it: jwt-agent import $P8"
+    "$BIN" import "$P8" >&2 || { rm -f "$PUBKEY"; die "jwt-agent import failed"; }
+    shred -u "$P8"
+fi
 
 # --- 6. Sign an App Store Connect token, verify it independently --------------------------------
 step "signing an App Store Connect token with $KEY"

@@ -94,7 +94,7 @@ pub fn import(args: ImportArgs) -> Result<(), Failure> {
     print_line(&format!(
         "Imported {} into the token as a non-extractable key.\nThe token holds the key now; destroy the file:\n  shred -u {}",
         describe(&key),
-        shell_word(&args.file.display().to_string()),
+        super::start::shell_quote(&args.file.display().to_string()),
     ))
 }
 
@@ -125,14 +125,6 @@ fn apple_key_id(file: &Path) -> Option<String> {
 
 fn stem(file: &Path) -> Option<String> {
     file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
-}
-
-fn shell_word(text: &str) -> String {
-    if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c)) {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }
 
 /// `jwt-agent pubkey KEY --format pem|jwk|jwks`.

@@ -137,7 +137,7 @@ fn daemon_command(args: &DaemonArgs, socket: &Path) -> Result<Command, Failure> 
 }
 
 /// Quotes a path for sh when it holds anything but safe characters.
-fn shell_quote(text: &str) -> String {
+pub(super) fn shell_quote(text: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c);
     if !text.is_empty() && text.chars().all(safe) {
         text.to_owned()

@@ -245,6 +245,8 @@ impl Token {
     pub fn create(&self, new: &NewKey) -> Result<KeyInfo, TokenError> {
         let session = self.open_rw_session()?;
         let label = create::create(&session, new)?;
+        // A key of that label that was deleted behind the agent's back may still be cached.
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&label);
         self.key(&session, &label).map(|key| key.info.clone())
     }
 }
