@@ -7,8 +7,11 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
@@ -17,6 +20,8 @@ pub mod keyfile;
 pub mod log;
 pub mod paths;
 pub mod pin;
+pub mod policy;
+pub mod preset;
 pub mod protocol;
 pub mod pubkey;
 pub mod token;

@@ -52,6 +52,20 @@ impl Request {
     /// The ops whose own field `id` (a key's CKA_ID) is also the request's id.
     pub const OWN_ID: &'static [&'static str] = &["import", "generate"];
 
+    /// The request's `op`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::SignInput { .. } => "sign_input",
+            Request::Sign(_) => "sign",
+            Request::Keys {} => "keys",
+            Request::Pubkey { .. } => "pubkey",
+            Request::Import(_) => "import",
+            Request::Generate(_) => "generate",
+            Request::Status {} => "status",
+            Request::Stop {} => "stop",
+        }
+    }
+
     /// Whether the request has a field `id` of its own, so that the envelope must not add one.
     pub fn has_own_id(&self) -> bool {
         matches!(self, Request::Import(_) | Request::Generate(_))
@@ -258,6 +272,26 @@ pub struct Counters {
     pub token_errors: u64,
 }
 
+/// What one key has done, in `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCounters {
+    /// Signatures made with it.
+    pub signatures: u64,
+    /// Its tokens answered from the cache.
+    pub cache_hits: u64,
+    /// Requests for it refused or failed.
+    pub refusals: u64,
+}
+
+/// The token cache part of `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// Tokens held.
+    pub size: usize,
+    /// Tokens answered from it.
+    pub hits: u64,
+}
+
 /// The result of `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResult {
@@ -275,6 +309,12 @@ pub struct StatusResult {
     pub pool: PoolStatus,
     /// What the daemon has done.
     pub counters: Counters,
+    /// The token cache.
+    pub cache: CacheStatus,
+    /// What each key has done, by the name it was asked for.
+    pub per_key: std::collections::BTreeMap<String, KeyCounters>,
+    /// The audit log, if one is kept.
+    pub audit_log: Option<String>,
 }
 
 /// The result of `stop`.

@@ -355,7 +355,8 @@ fn always_authenticate_keys_get_a_context_login_per_signature() {
     let _agent = Agent::spawn(command, hsm.socket());
     let (_, pem, _) = run(hsm.cli().args(["pubkey", "piv9c"]));
     for _ in 0..3 {
-        let (code, token, err) = run(hsm.cli().args(["sign", "--key", "piv9c", "--iss", "yubikey"]));
+        let (code, token, err) =
+            run(hsm.cli().args(["sign", "--key", "piv9c", "--iss", "yubikey", "--fresh"]));
         assert_eq!(code, 0, "{err}");
         verify_p256(token.trim(), &pem);
     }

@@ -2,6 +2,7 @@
 
 use super::{Failure, SocketArgs, connect, print_line};
 use crate::error::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
+use crate::preset::Preset;
 use crate::protocol::{GenerateRequest, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
 use crate::pubkey::PublicKey;
 use clap::{Args, ValueEnum};
@@ -78,6 +79,9 @@ pub struct VerifyArgs {
     /// Verify with this PEM public key file (no agent needed)
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
+    /// Also check the rules of an Apple service's preset
+    #[arg(long, value_name = "NAME", value_parser = clap::value_parser!(String))]
+    preset: Option<String>,
 }
 
 /// `jwt-agent import FILE.p8`.
@@ -165,8 +169,14 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let key =
         PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let preset = args.preset.as_deref().map(str::parse::<Preset>).transpose().map_err(Failure::usage)?;
     let verified = crate::verify::verify(&token, &key, now)
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
+    if let Some(preset) = preset {
+        preset
+            .check(&verified.header, &verified.claims)
+            .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token breaks a rule of {e}")))?;
+    }
     let out = json!({ "header": verified.header, "claims": verified.claims });
     print_line(&serde_json::to_string_pretty(&out).unwrap_or_default())
 }

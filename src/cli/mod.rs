@@ -1,8 +1,11 @@
 //! The command line: one binary for the daemon and its client commands.
 
+mod daemon;
 mod keys;
 mod output;
 mod start;
+
+use daemon::DaemonArgs;
 
 use crate::client::{Client, ClientError};
 use crate::error::{EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
@@ -48,29 +51,6 @@ enum Command {
     Status(ListArgs),
 }
 
-/// The daemon's flags, shared by `daemon` and `start`.
-#[derive(Debug, Clone, Args)]
-pub struct DaemonArgs {
-    /// PKCS#11 module (.so), e.g. /usr/lib/softhsm/libsofthsm2.so
-    #[arg(long, value_name = "PATH")]
-    module: PathBuf,
-    /// Label of the token to log in to
-    #[arg(long, value_name = "LABEL")]
-    token: String,
-    /// File holding the user PIN (else $JWT_AGENT_PIN, else a prompt on the terminal)
-    #[arg(long, value_name = "FILE")]
-    pin_file: Option<PathBuf>,
-    /// Socket path (else $JWT_AGENT_SOCK, $XDG_RUNTIME_DIR/jwt-agent/agent.sock, /tmp/jwt-agent-$UID/agent.sock)
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// PKCS#11 sessions in the pool [default: the CPU count, capped by the token]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
-    sessions: Option<u16>,
-    /// Read the PIN from one line of stdin (how `start` passes a PIN it prompted for)
-    #[arg(long, hide = true)]
-    pin_from_stdin: bool,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct SocketArgs {
     /// Agent socket (else $JWT_AGENT_SOCK, else the default path)
@@ -103,9 +83,13 @@ struct SignInputArgs {
 struct SignArgs {
     #[command(flatten)]
     socket: SocketArgs,
-    /// Key label on the token
+    /// Key label on the token, or a PKCS#11 URI
     #[arg(long, value_name = "KEY")]
     key: String,
+    /// Fill and check the token for an Apple service: app-store-connect, app-store-server, apns,
+    /// sign-in-with-apple, weatherkit, musickit [default: the key's preset in the config]
+    #[arg(long, value_name = "NAME", value_parser = parse_preset)]
+    preset: Option<String>,
     /// JWS algorithm [default: the key's]
     #[arg(long, value_name = "ALG")]
     alg: Option<String>,
@@ -121,7 +105,14 @@ struct SignArgs {
     /// Claim `aud` (repeat for several)
     #[arg(long, value_name = "AUD")]
     aud: Vec<String>,
-    /// Lifetime: sets `exp` to `iat` plus this (90s, 20m, 1h, 180d); without it there is no `exp`
+    /// Claim `bid`: the app's bundle ID (App Store Server API)
+    #[arg(long, value_name = "BUNDLE_ID")]
+    bid: Option<String>,
+    /// Claim `scope`: one App Store Connect request, such as "GET /v1/apps" (repeatable)
+    #[arg(long, value_name = "S")]
+    scope: Vec<String>,
+    /// Lifetime: sets `exp` to `iat` plus this (90s, 20m, 1h, 180d); without it a preset's
+    /// default, or no `exp` at all
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     ttl: Option<String>,
     /// Extra claim; VALUE is JSON when it parses as JSON, else a string (repeatable)
@@ -137,6 +128,10 @@ struct SignArgs {
 
 fn parse_ttl(text: &str) -> Result<String, String> {
     crate::duration::parse(text).map(|_| text.to_owned())
+}
+
+fn parse_preset(text: &str) -> Result<String, String> {
+    text.parse::<crate::preset::Preset>().map(|_| text.to_owned())
 }
 
 /// A failed command: what to print and the exit status.
@@ -182,7 +177,7 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Daemon(args) => {
-            crate::daemon::run(args.into_options()).map_err(|e| Failure::new(e.status, e.message))
+            crate::daemon::run(args.resolve()?.0).map_err(|e| Failure::new(e.status, e.message))
         }
         Command::Start(args) => start::start(args),
         Command::Stop(args) => start::stop(args.socket.as_deref()),
@@ -232,19 +227,6 @@ pub(crate) fn read_stdin() -> Result<String, Failure> {
     Ok(input.trim_end().to_owned())
 }
 
-impl DaemonArgs {
-    fn into_options(self) -> crate::daemon::Options {
-        crate::daemon::Options {
-            socket: crate::paths::socket_path(self.socket.as_deref()),
-            module: self.module,
-            token: self.token,
-            pin_file: self.pin_file,
-            pin_from_stdin: self.pin_from_stdin,
-            sessions: self.sessions.map(usize::from),
-        }
-    }
-}
-
 impl SignArgs {
     fn into_request(self) -> Result<SignRequest, Failure> {
         let mut header = Map::new();
@@ -254,7 +236,7 @@ impl SignArgs {
                 set(&mut header, name, Value::from(value))?;
             }
         }
-        for (name, value) in [("iss", self.iss), ("sub", self.sub)] {
+        for (name, value) in [("iss", self.iss), ("sub", self.sub), ("bid", self.bid)] {
             if let Some(value) = value {
                 set(&mut claims, name, Value::from(value))?;
             }
@@ -264,6 +246,9 @@ impl SignArgs {
             1 => set(&mut claims, "aud", Value::from(self.aud[0].clone()))?,
             _ => set(&mut claims, "aud", Value::from(self.aud))?,
         }
+        if !self.scope.is_empty() {
+            set(&mut claims, "scope", Value::from(self.scope))?;
+        }
         for pair in &self.header {
             let (name, value) = name_value(pair, "--header")?;
             set(&mut header, name, value)?;
@@ -272,7 +257,14 @@ impl SignArgs {
             let (name, value) = name_value(pair, "--claim")?;
             set(&mut claims, name, value)?;
         }
-        Ok(SignRequest { key: self.key, preset: None, header, claims, ttl: self.ttl, fresh: self.fresh })
+        Ok(SignRequest {
+            key: self.key,
+            preset: self.preset,
+            header,
+            claims,
+            ttl: self.ttl,
+            fresh: self.fresh,
+        })
     }
 }
 

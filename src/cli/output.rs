@@ -82,6 +82,13 @@ pub fn status(s: &StatusResult, json: bool) -> String {
             "counters  {} signatures, {} cache hits, {} refused, {} token errors",
             c.signatures, c.cache_hits, c.refusals, c.token_errors
         ),
+        format!("cache     {} tokens", s.cache.size),
+        format!("audit     {}", s.audit_log.as_deref().unwrap_or("off")),
     ]
+    .into_iter()
+    .chain(s.per_key.iter().map(|(key, k)| {
+        format!("  {key}: {} signatures, {} cache hits, {} refused", k.signatures, k.cache_hits, k.refusals)
+    }))
+    .collect::<Vec<_>>()
     .join("\n")
 }

@@ -2,13 +2,14 @@
 
 use super::{DaemonArgs, Failure};
 use crate::client::Client;
-use crate::error::{EXIT_OTHER, EXIT_USAGE};
+use crate::daemon::Options;
+use crate::error::EXIT_OTHER;
 use crate::{paths, pin};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// Runs `jwt-agent daemon` in the background, waits until its socket answers, and prints
 /// `JWT_AGENT_SOCK=...; export JWT_AGENT_SOCK;` and `echo Agent pid N;` for `eval`.
 pub fn start(args: DaemonArgs) -> Result<(), Failure> {
-    let socket = paths::socket_path(args.socket.as_deref());
+    let (options, config) = args.resolve()?;
+    let socket = options.socket.clone();
     if Client::connect(&socket).is_ok() {
         return Err(Failure::new(
             EXIT_OTHER,
@@ -32,10 +34,10 @@ pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     paths::prepare_socket_dir(&socket)
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot prepare the socket folder: {e}")))?;
     // Prompt here, where the terminal is; the daemon gets the PIN on a pipe, never in argv.
-    let prompted = if args.pin_from_stdin || pin::has_non_interactive_source(args.pin_file.as_deref()) {
+    let prompted = if options.pin_from_stdin || pin::has_non_interactive_source(options.pin_file.as_deref()) {
         None
     } else {
-        let prompt = format!("PIN for token {:?}: ", args.token);
+        let prompt = format!("PIN for token {:?}: ", options.token);
         Some(pin::prompt_on_terminal(&prompt).map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?)
     };
 
@@ -47,7 +49,7 @@ pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
     let log_err = log.try_clone().map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
 
-    let mut command = daemon_command(&args, &socket)?;
+    let mut command = daemon_command(&options, config.as_deref())?;
     command
         .stdin(if prompted.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
@@ -116,21 +118,24 @@ pub fn stop(socket: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn daemon_command(args: &DaemonArgs, socket: &Path) -> Result<Command, Failure> {
+/// `jwt-agent daemon` with the resolved options; the config file too, for its policy.
+fn daemon_command(options: &Options, config: Option<&Path>) -> Result<Command, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot find this program: {e}")))?;
-    // The daemon runs in `/`, so relative paths are made absolute first.
-    let absolute = |path: &Path| -> Result<PathBuf, Failure> {
-        std::path::absolute(path)
-            .map_err(|e| Failure::new(EXIT_USAGE, format!("bad path {}: {e}", path.display())))
-    };
     let mut command = Command::new(exe);
-    command.arg("daemon").arg("--module").arg(absolute(&args.module)?);
-    command.arg("--token").arg(&args.token).arg("--socket").arg(socket);
-    if let Some(file) = &args.pin_file {
-        command.arg("--pin-file").arg(absolute(file)?);
+    command.arg("daemon").arg("--module").arg(&options.module);
+    command.arg("--token").arg(&options.token).arg("--socket").arg(&options.socket);
+    let files = [
+        ("--config", config),
+        ("--pin-file", options.pin_file.as_deref()),
+        ("--audit-log", options.audit_log.as_deref()),
+    ];
+    for (flag, file) in files {
+        if let Some(file) = file {
+            command.arg(flag).arg(file);
+        }
     }
-    if let Some(n) = args.sessions {
+    if let Some(n) = options.sessions {
         command.arg("--sessions").arg(n.to_string());
     }
     Ok(command)

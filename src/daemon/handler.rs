@@ -1,42 +1,83 @@
-//! What the daemon does with each request: decode, check, run on the session pool, answer.
+//! What the daemon does with each request: decode, check, run on the session pool, audit,
+//! answer. Signing itself is in `signing.rs`.
 
+use crate::audit::{AuditLog, Outcome, Peer, Record};
+use crate::cache::TokenCache;
 use crate::error::{ErrorCode, WireError};
-use crate::jose::{self, Alg};
+use crate::jose::Alg;
 use crate::keyfile;
+use crate::policy::Policy;
 use crate::protocol::{
-    self, Counters, GenerateRequest, ImportRequest, KeyResult, KeysResult, PoolStatus, PubkeyFormat,
-    PubkeyResult, Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
+    self, CacheStatus, Counters, GenerateRequest, ImportRequest, KeyCounters, KeyResult, KeysResult,
+    PoolStatus, PubkeyFormat, PubkeyResult, Request, StatusResult, StopResult,
 };
 use crate::token::pool::Pool;
 use crate::token::uri::parse_hex;
 use crate::token::{NewKey, Token, TokenError};
 use cryptoki::session::Session;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::watch;
+
+/// Keys counted separately in `status`, at most; names beyond are counted in the totals only.
+const MAX_COUNTED_KEYS: usize = 256;
 
 /// The daemon's state shared by every connection.
 pub struct Agent {
-    pool: Pool,
+    pub(super) pool: Pool,
+    pub(super) policy: Arc<Policy>,
+    pub(super) cache: TokenCache,
+    audit: Option<AuditLog>,
+    audit_path: Option<String>,
     started: Instant,
     stop: watch::Sender<bool>,
     signatures: AtomicU64,
+    cache_hits: AtomicU64,
     refusals: AtomicU64,
     token_errors: AtomicU64,
+    per_key: Mutex<BTreeMap<String, KeyCounters>>,
+}
+
+/// What a request's answer carries, before the envelope.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum Reply {
+    SignInput(protocol::SignInputResult),
+    Sign(protocol::SignResult),
+    Keys(KeysResult),
+    Pubkey(PubkeyResult),
+    Key(KeyResult),
+    Status(Box<StatusResult>),
+    Stop(StopResult),
 }
 
 impl Agent {
-    /// An agent signing with `pool`; a `stop` request sets `stop` to true.
-    pub fn new(pool: Pool, stop: watch::Sender<bool>) -> Self {
+    /// An agent signing with `pool` under `policy`, auditing to `audit` if given; a `stop`
+    /// request sets `stop` to true.
+    pub fn new(
+        pool: Pool,
+        policy: Policy,
+        audit: Option<(AuditLog, String)>,
+        stop: watch::Sender<bool>,
+    ) -> Self {
+        let (audit, audit_path) = audit.map_or((None, None), |(log, path)| (Some(log), Some(path)));
         Agent {
             pool,
+            policy: Arc::new(policy),
+            cache: TokenCache::new(),
+            audit,
+            audit_path,
             started: Instant::now(),
             stop,
             signatures: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             token_errors: AtomicU64::new(0),
+            per_key: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -45,26 +86,49 @@ impl Agent {
         self.pool
     }
 
-    /// Answers one request line (newline removed) with one answer line (newline included).
-    pub async fn handle(&self, line: &[u8]) -> Vec<u8> {
+    /// Whether a peer of this uid may connect.
+    pub fn admits(&self, uid: u32) -> bool {
+        self.policy.admits(uid)
+    }
+
+    /// Answers one request line (newline removed) from `peer` with one answer line (newline
+    /// included), and writes the decision to the audit log.
+    pub async fn handle(&self, line: &[u8], peer: &Peer) -> Vec<u8> {
         let incoming = protocol::decode_request(line);
         let id = incoming.id.as_ref();
-        let request = match incoming.request {
-            Ok(request) => request,
-            Err(error) => return self.refuse(id, &error),
+        let mut record = Record::new(peer);
+        let result = match incoming.request {
+            Ok(request) => self.dispatch(request, peer, &mut record).await,
+            Err(error) => Err(error),
         };
+        match result {
+            Ok(reply) => protocol::encode_ok(id, &reply),
+            Err(error) => self.refuse(id, &error, record),
+        }
+    }
+
+    async fn dispatch(&self, request: Request, peer: &Peer, record: &mut Record) -> Result<Reply, WireError> {
+        record.op = Some(request.op());
+        let owner_only = matches!(request, Request::Import(_) | Request::Generate(_) | Request::Stop {});
+        if owner_only && !self.policy.is_owner(peer.uid) {
+            return Err(WireError::denied(format!("only the agent's own uid may {}", request.op())));
+        }
         match request {
-            Request::SignInput { key, input } => self.answer(id, self.sign_input(key, input).await),
-            Request::Sign(request) => self.answer(id, self.sign(request).await),
-            Request::Keys {} => self.answer(id, self.keys().await),
-            Request::Pubkey { key, format } => self.answer(id, self.pubkey(key, format).await),
-            Request::Import(request) => self.answer(id, self.import(request).await),
-            Request::Generate(request) => self.answer(id, self.generate(request).await),
-            Request::Status {} => self.answer(id, Ok(self.status().await)),
+            Request::SignInput { key, input } => {
+                self.sign_input(key, input, peer, record).await.map(Reply::SignInput)
+            }
+            Request::Sign(request) => self.sign(request, peer, record).await.map(Reply::Sign),
+            Request::Keys {} => self.keys().await.map(Reply::Keys),
+            Request::Pubkey { key, format } => self.pubkey(key, format).await.map(Reply::Pubkey),
+            Request::Import(request) => self.import(request, record).await.map(Reply::Key),
+            Request::Generate(request) => self.generate(request, record).await.map(Reply::Key),
+            Request::Status {} => Ok(Reply::Status(Box::new(self.status().await))),
             Request::Stop {} => {
-                crate::info!("stop requested by a client");
+                crate::info!("stop requested by uid {} (pid {:?})", peer.uid, peer.pid);
+                record.outcome = Some(Outcome::Stopped);
+                self.commit(record)?;
                 self.request_stop();
-                self.answer(id, Ok(StopResult { pid: std::process::id() }))
+                Ok(Reply::Stop(StopResult { pid: std::process::id() }))
             }
         }
     }
@@ -74,83 +138,77 @@ impl Agent {
         self.stop.send_replace(true);
     }
 
-    /// The one answer a peer of another uid gets before the connection closes.
-    pub fn forbidden(&self, uid: u32) -> Vec<u8> {
-        let message = format!("uid {uid} may not use this agent; it serves its own uid only");
-        self.refuse(None, &WireError::new(ErrorCode::Forbidden, message))
+    /// The one answer a peer the policy does not admit gets before the connection closes.
+    pub fn forbidden(&self, peer: &Peer) -> Vec<u8> {
+        let message = format!("uid {} may not use this agent", peer.uid);
+        self.refuse(None, &WireError::new(ErrorCode::Forbidden, message), Record::new(peer))
     }
 
     /// The answer to a line longer than the protocol allows.
-    pub fn too_large(&self) -> Vec<u8> {
+    pub fn too_large(&self, peer: &Peer) -> Vec<u8> {
         let message = format!("the request is longer than {} bytes", protocol::MAX_LINE);
-        self.refuse(None, &WireError::new(ErrorCode::TooLarge, message))
+        self.refuse(None, &WireError::new(ErrorCode::TooLarge, message), Record::new(peer))
     }
 
-    fn answer<T: Serialize>(&self, id: Option<&Value>, result: Result<T, WireError>) -> Vec<u8> {
-        match result {
-            Ok(value) => protocol::encode_ok(id, &value),
-            Err(error) => self.refuse(id, &error),
-        }
+    /// Writes a decision to the audit log. On failure nothing may be handed out: the caller
+    /// answers with the error instead.
+    pub(super) fn commit(&self, record: &Record) -> Result<(), WireError> {
+        let Some(audit) = &self.audit else { return Ok(()) };
+        audit.write(record).map_err(|e| {
+            crate::warn!("cannot write the audit log: {e}");
+            WireError::new(
+                ErrorCode::Internal,
+                format!("the audit log cannot be written ({e}); the agent signs nothing until it can"),
+            )
+        })
     }
 
-    fn refuse(&self, id: Option<&Value>, error: &WireError) -> Vec<u8> {
+    fn refuse(&self, id: Option<&Value>, error: &WireError, mut record: Record) -> Vec<u8> {
         let counter = match error.code {
             ErrorCode::TokenError | ErrorCode::Internal => &self.token_errors,
             _ => &self.refusals,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(key) = &record.key {
+            self.count(key, |c| c.refusals += 1);
+        }
         if error.code == ErrorCode::TokenError {
             crate::warn!("{}", error.message);
         }
+        record.outcome = Some(Outcome::Refused);
+        record.code = Some(error.code.as_str());
+        record.reason = Some(error.message.clone());
+        // A refusal is answered whether or not it could be logged; commit already warned.
+        let _ = self.commit(&record);
         protocol::encode_error(id, error)
     }
 
+    pub(super) fn count_signature(&self, label: &str, cached: bool) {
+        if cached {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.count(label, |c| c.cache_hits += 1);
+        } else {
+            self.signatures.fetch_add(1, Ordering::Relaxed);
+            self.count(label, |c| c.signatures += 1);
+        }
+    }
+
+    fn count(&self, key: &str, f: impl FnOnce(&mut KeyCounters)) {
+        let mut per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counters) = per_key.get_mut(key) {
+            f(counters);
+        } else if per_key.len() < MAX_COUNTED_KEYS {
+            f(per_key.entry(key.to_owned()).or_default());
+        }
+    }
+
     /// Runs `f` on a pooled session and turns token failures into wire errors.
-    async fn on_token<T, F>(&self, f: F) -> Result<T, WireError>
+    pub(super) async fn on_token<T, F>(&self, f: F) -> Result<T, WireError>
     where
         T: Send + 'static,
         F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
     {
         self.pool.run(f).await.map_err(|e| e.to_wire())
-    }
-
-    async fn sign_input(&self, key: String, input: String) -> Result<SignInputResult, WireError> {
-        let alg = jose::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?.alg;
-        let token = self
-            .on_token(move |token, session| {
-                let key = token.key(session, &key)?;
-                let signature = token.sign(session, &key, alg, input.as_bytes())?;
-                Ok(jose::compact(&input, &signature))
-            })
-            .await?;
-        self.signatures.fetch_add(1, Ordering::Relaxed);
-        Ok(SignInputResult { token })
-    }
-
-    async fn sign(&self, request: SignRequest) -> Result<SignResult, WireError> {
-        let SignRequest { key, preset, mut header, mut claims, ttl, fresh: _ } = request;
-        if let Some(preset) = preset {
-            return Err(WireError::bad_request(format!("unknown preset {preset:?}")));
-        }
-        let asked = match header.get("alg") {
-            None => None,
-            Some(_) => Some(jose::header_alg(&header).map_err(|e| WireError::bad_request(e.to_string()))?),
-        };
-        header.entry("typ").or_insert_with(|| Value::from("JWT"));
-        set_times(&mut claims, ttl.as_deref())?;
-        let token = self
-            .on_token(move |token, session| {
-                let key = token.key(session, &key)?;
-                let alg = asked.unwrap_or(key.alg);
-                let mut header = header.clone();
-                header.insert("alg".into(), Value::from(alg.name()));
-                let input = jose::encode_signing_input(&header, &claims);
-                let signature = token.sign(session, &key, alg, input.as_bytes())?;
-                Ok(jose::compact(&input, &signature))
-            })
-            .await?;
-        self.signatures.fetch_add(1, Ordering::Relaxed);
-        Ok(SignResult { token, cached: false })
     }
 
     async fn keys(&self) -> Result<KeysResult, WireError> {
@@ -164,7 +222,7 @@ impl Agent {
             (None, PubkeyFormat::Jwks) => Vec::new(),
             (None, _) => return Err(WireError::bad_request("give the key: only a JWKS can hold every key")),
         };
-        let jwks = self
+        let keys = self
             .on_token(move |token, session| {
                 let names = if names.is_empty() {
                     // Every key this agent signs with: those with an algorithm.
@@ -186,22 +244,21 @@ impl Agent {
                 Ok(keys)
             })
             .await?;
-        Ok(match format {
-            PubkeyFormat::Pem => {
-                PubkeyResult { pem: jwks.into_iter().next().map(|(pem, _)| pem), jwk: None, jwks: None }
-            }
-            PubkeyFormat::Jwk => {
-                PubkeyResult { pem: None, jwk: jwks.into_iter().next().map(|(_, jwk)| jwk), jwks: None }
-            }
+        let mut result = PubkeyResult { pem: None, jwk: None, jwks: None };
+        match format {
+            PubkeyFormat::Pem => result.pem = keys.into_iter().next().map(|(pem, _)| pem),
+            PubkeyFormat::Jwk => result.jwk = keys.into_iter().next().map(|(_, jwk)| jwk),
             PubkeyFormat::Jwks => {
-                let keys: Vec<Value> = jwks.into_iter().map(|(_, jwk)| jwk).collect();
-                PubkeyResult { pem: None, jwk: None, jwks: Some(json!({ "keys": keys })) }
+                let keys: Vec<Value> = keys.into_iter().map(|(_, jwk)| jwk).collect();
+                result.jwks = Some(json!({ "keys": keys }));
             }
-        })
+        }
+        Ok(result)
     }
 
-    async fn import(&self, request: ImportRequest) -> Result<KeyResult, WireError> {
+    async fn import(&self, request: ImportRequest, record: &mut Record) -> Result<KeyResult, WireError> {
         let ImportRequest { pkcs8_pem, label, kid, id } = request;
+        record.key = label.clone().or_else(|| kid.clone());
         let key = keyfile::parse_pem(&pkcs8_pem.0)
             .map_err(|e| WireError::bad_request(format!("{e}; nothing was created")))?;
         drop(pkcs8_pem);
@@ -209,13 +266,12 @@ impl Agent {
             label.or_else(|| kid.clone()).ok_or_else(|| WireError::bad_request("give the key a label"))?;
         let id = id.as_deref().map(parse_hex).transpose().map_err(WireError::bad_request)?;
         let new = NewKey::Import { key, label, id, kid };
-        let info = self.on_token(move |token, _| token.create(&new)).await?;
-        crate::info!("imported key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
-        Ok(KeyResult { key: info })
+        self.create(new, record).await
     }
 
-    async fn generate(&self, request: GenerateRequest) -> Result<KeyResult, WireError> {
+    async fn generate(&self, request: GenerateRequest, record: &mut Record) -> Result<KeyResult, WireError> {
         let GenerateRequest { label, alg, id, bits } = request;
+        record.key = Some(label.clone());
         let alg = match alg.as_deref() {
             None => Alg::Es256,
             Some(name) => Alg::from_name(name).ok_or_else(|| {
@@ -223,9 +279,16 @@ impl Agent {
             })?,
         };
         let id = id.as_deref().map(parse_hex).transpose().map_err(WireError::bad_request)?;
-        let new = NewKey::Generate { alg, bits, label, id };
+        self.create(NewKey::Generate { alg, bits, label, id }, record).await
+    }
+
+    async fn create(&self, new: NewKey, record: &mut Record) -> Result<KeyResult, WireError> {
         let info = self.on_token(move |token, _| token.create(&new)).await?;
-        crate::info!("generated key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
+        crate::info!("created key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
+        record.alg = info.alg.clone().map(Value::from);
+        record.kid = info.kid.clone().map(Value::from);
+        record.outcome = Some(Outcome::Created);
+        self.commit(record)?;
         Ok(KeyResult { key: info })
     }
 
@@ -247,6 +310,7 @@ impl Agent {
                 (status, Vec::new())
             }
         };
+        let cache_hits = self.cache_hits.load(Ordering::Relaxed);
         StatusResult {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -256,32 +320,13 @@ impl Agent {
             pool: PoolStatus { sessions: self.pool.size() },
             counters: Counters {
                 signatures: self.signatures.load(Ordering::Relaxed),
-                cache_hits: 0,
+                cache_hits,
                 refusals: self.refusals.load(Ordering::Relaxed),
                 token_errors: self.token_errors.load(Ordering::Relaxed),
             },
+            cache: CacheStatus { size: self.cache.len(), hits: cache_hits },
+            per_key: self.per_key.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            audit_log: self.audit_path.clone(),
         }
     }
-}
-
-/// Sets `iat` to now unless given, and `exp` to `iat + ttl` when a ttl is given.
-fn set_times(claims: &mut Map<String, Value>, ttl: Option<&str>) -> Result<(), WireError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let iat = match claims.get("iat") {
-        None => {
-            claims.insert("iat".into(), Value::from(now));
-            now
-        }
-        Some(value) => value
-            .as_u64()
-            .ok_or_else(|| WireError::bad_request("`iat` must be a whole number of seconds since 1970"))?,
-    };
-    if let Some(ttl) = ttl {
-        if claims.contains_key("exp") {
-            return Err(WireError::bad_request("give either `exp` or a ttl, not both"));
-        }
-        let ttl = crate::duration::parse(ttl).map_err(WireError::bad_request)?;
-        claims.insert("exp".into(), Value::from(iat + ttl.as_secs()));
-    }
-    Ok(())
 }

@@ -3,11 +3,14 @@
 mod connection;
 mod handler;
 mod listener;
+mod signing;
 
 pub use handler::Agent;
 
+use crate::audit::{AuditLog, Peer};
 use crate::error::{EXIT_OTHER, EXIT_TOKEN};
 use crate::pin::{self, PinSource};
+use crate::policy::Policy;
 use crate::token::Token;
 use crate::token::pool::Pool;
 use std::path::PathBuf;
@@ -35,6 +38,10 @@ pub struct Options {
     pub socket: PathBuf,
     /// Sessions in the pool; default: the CPU count, capped by the token.
     pub sessions: Option<usize>,
+    /// Where to append the audit log, if anywhere.
+    pub audit_log: Option<PathBuf>,
+    /// Who may connect, and what each key may sign.
+    pub policy: Policy,
 }
 
 /// Why the daemon could not start or run, with its exit status.
@@ -57,6 +64,15 @@ impl DaemonError {
 pub fn run(options: Options) -> Result<(), DaemonError> {
     // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
     listener::check_free(&options.socket).map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    let audit = match &options.audit_log {
+        Some(path) => {
+            let log = AuditLog::open(path).map_err(|e| {
+                DaemonError::new(EXIT_OTHER, format!("cannot open the audit log {}: {e}", path.display()))
+            })?;
+            Some((log, path.display().to_string()))
+        }
+        None => None,
+    };
     let source = match (&options.pin_file, options.pin_from_stdin) {
         (Some(file), _) => PinSource::File(file),
         (None, true) => PinSource::Stdin,
@@ -77,7 +93,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
         .build()
         .map_err(|e| DaemonError::new(EXIT_OTHER, format!("cannot start the runtime: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let agent = Arc::new(Agent::new(pool, stop_tx));
+    let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit, stop_tx));
     let served = runtime.block_on(async {
         let listener = listener::bind(&options.socket)?;
         crate::info!("listening on {}", options.socket.display());
@@ -103,7 +119,6 @@ fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {
 /// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
 /// comes, then waits for each connection to finish the request it is on.
 pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
-    let own_uid = crate::paths::euid();
     // Each connection holds a clone; when all are dropped, every connection has ended.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let signals = shutdown_signal();
@@ -117,7 +132,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::R
                 Ok((stream, _)) => {
                     let (agent, stop, done) = (agent.clone(), for_connections.clone(), done_tx.clone());
                     tokio::spawn(async move {
-                        serve_connection(stream, &agent, stop, own_uid).await;
+                        serve_connection(stream, &agent, stop).await;
                         drop(done);
                     });
                 }
@@ -138,7 +153,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::R
     }
 }
 
-async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Receiver<bool>, own_uid: u32) {
+async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let mut writer = BufWriter::new(write);
     let peer = match read.as_ref().peer_cred() {
@@ -148,9 +163,10 @@ async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Re
             return;
         }
     };
-    if peer.uid() != own_uid {
-        crate::warn!("refused a connection from uid {} (pid {:?})", peer.uid(), peer.pid());
-        let _ = writer.write_all(&agent.forbidden(peer.uid())).await;
+    let peer = Peer::new(peer.uid(), peer.pid());
+    if !agent.admits(peer.uid) {
+        crate::warn!("refused a connection from uid {} (pid {:?})", peer.uid, peer.pid);
+        let _ = writer.write_all(&agent.forbidden(&peer)).await;
         let _ = writer.flush().await;
         return;
     }
@@ -162,8 +178,8 @@ async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Re
             _ = stop.wait_for(|stopping| *stopping) => break,
         };
         let answer = match frame {
-            Ok(connection::Frame::Line) => agent.handle(&line).await,
-            Ok(connection::Frame::TooLarge) => agent.too_large(),
+            Ok(connection::Frame::Line) => agent.handle(&line, &peer).await,
+            Ok(connection::Frame::TooLarge) => agent.too_large(&peer),
             Ok(connection::Frame::Eof) | Err(_) => break,
         };
         if writer.write_all(&answer).await.is_err() {

@@ -110,6 +110,12 @@ pub enum TokenError {
     /// Another cryptoki failure (conversion, missing symbol).
     #[error("PKCS#11 failure: {0}")]
     Other(String),
+    /// A preset's rule refuses the token (checked on the worker, where the key is known).
+    #[error("{0}")]
+    Refused(String),
+    /// The config's policy refuses the token.
+    #[error("{0}")]
+    Denied(String),
     /// The session pool is shut down.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -148,6 +154,8 @@ impl TokenError {
         let code = match self {
             TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
             TokenError::Exists(_) => ErrorCode::Exists,
+            TokenError::Denied(_) => ErrorCode::PolicyDenied,
+            TokenError::Refused(_) => ErrorCode::BadRequest,
             TokenError::AmbiguousKey(_)
             | TokenError::UnsupportedKey(_)
             | TokenError::WrongAlg { .. }

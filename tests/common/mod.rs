@@ -134,6 +134,20 @@ impl Hsm {
     pub fn agent(&self) -> Agent {
         Agent::spawn(self.daemon_command(), self.socket())
     }
+
+    /// Starts the daemon with more flags.
+    pub fn agent_with(&self, args: &[&str]) -> Agent {
+        let mut command = self.daemon_command();
+        command.args(args);
+        Agent::spawn(command, self.socket())
+    }
+
+    /// Writes a config file into the temp folder and returns its path.
+    pub fn config(&self, toml: &str) -> String {
+        let path = self.path("config.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
 }
 
 fn run_ok(command: &mut Command) -> Output {
@@ -305,6 +319,18 @@ print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims})
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Decodes a compact JWS's header and claims without verifying it.
+pub fn decode(token: &str) -> (Value, Value) {
+    let mut parts = token.trim().split('.');
+    let mut next = || serde_json::from_slice(&b64url_decode(parts.next().unwrap())).unwrap();
+    (next(), next())
+}
+
+/// The audit log's lines, parsed.
+pub fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 pub fn now() -> u64 {

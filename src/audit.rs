@@ -1,0 +1,137 @@
+//! The audit log: one JSON line per decision (signed, served from cache, refused), appended to a
+//! 0600 file. When a line cannot be written the agent signs nothing: it fails closed.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Who sent a request, from `SO_PEERCRED` and `/proc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Its uid.
+    pub uid: u32,
+    /// Its pid, when the kernel says.
+    pub pid: Option<i32>,
+    /// Its executable, when it can be read.
+    pub exe: Option<String>,
+}
+
+impl Peer {
+    /// The peer of a connection: uid and pid as the kernel reported them, and the executable
+    /// behind the pid.
+    pub fn new(uid: u32, pid: Option<i32>) -> Peer {
+        let exe = pid
+            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .map(|path| path.display().to_string());
+        Peer { uid, pid, exe }
+    }
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The token signed a new token.
+    Signed,
+    /// A cached token was handed out.
+    Cached,
+    /// A key was created.
+    Created,
+    /// The agent was stopped.
+    Stopped,
+    /// The request was refused or failed.
+    Refused,
+}
+
+/// One audit line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// The op, when the request got that far.
+    pub op: Option<&'static str>,
+    /// The peer's uid.
+    pub uid: u32,
+    /// The peer's pid.
+    pub pid: Option<i32>,
+    /// The peer's executable.
+    pub exe: Option<String>,
+    /// The key asked for.
+    pub key: Option<String>,
+    /// The preset.
+    pub preset: Option<&'static str>,
+    /// Header `alg`.
+    pub alg: Option<Value>,
+    /// Header `kid`.
+    pub kid: Option<Value>,
+    /// Claim `iss`.
+    pub iss: Option<Value>,
+    /// Claim `sub`.
+    pub sub: Option<Value>,
+    /// Claim `aud`.
+    pub aud: Option<Value>,
+    /// Claim `iat`.
+    pub iat: Option<Value>,
+    /// Claim `exp`.
+    pub exp: Option<Value>,
+    /// Hex SHA-256 of the JWS signing input.
+    pub input_sha256: Option<String>,
+    /// What happened.
+    pub outcome: Option<Outcome>,
+    /// The error code, when refused.
+    pub code: Option<&'static str>,
+    /// Why, when refused.
+    pub reason: Option<String>,
+}
+
+impl Record {
+    /// A record for a request from `peer`.
+    pub fn new(peer: &Peer) -> Record {
+        Record {
+            time: crate::log::rfc3339(std::time::SystemTime::now()),
+            uid: peer.uid,
+            pid: peer.pid,
+            exe: peer.exe.clone(),
+            ..Record::default()
+        }
+    }
+
+    /// Notes the token's header, claims and signing input.
+    pub fn token(&mut self, header: &Map<String, Value>, claims: &Map<String, Value>, input: &str) {
+        self.alg = header.get("alg").cloned();
+        self.kid = header.get("kid").cloned();
+        self.iss = claims.get("iss").cloned();
+        self.sub = claims.get("sub").cloned();
+        self.aud = claims.get("aud").cloned();
+        self.iat = claims.get("iat").cloned();
+        self.exp = claims.get("exp").cloned();
+        self.input_sha256 =
+            Some(Sha256::digest(input.as_bytes()).iter().map(|b| format!("{b:02x}")).collect());
+    }
+}
+
+/// The open log file.
+#[derive(Debug)]
+pub struct AuditLog {
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (or creates, 0600) `path` for appending.
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(AuditLog { file: Mutex::new(file) })
+    }
+
+    /// Appends one line. The line goes out in one write, so lines never interleave.
+    pub fn write(&self, record: &Record) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line)
+    }
+}

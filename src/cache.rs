@@ -1,0 +1,160 @@
+//! The token cache: tokens minted by `sign`, shared by every client, reused while Apple would
+//! still take them. Apple asks callers to reuse tokens, and APNs answers 429 to tokens refreshed
+//! more often than every 20 minutes. `sign-input` is never cached.
+
+use crate::preset::{APNS_REUSE_SECS, Preset};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How many tokens the cache holds at most.
+pub const CAPACITY: usize = 1024;
+
+/// A cached token and what it was made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The compact JWS.
+    pub token: String,
+    /// The signing key's label (its policy is checked again on every hit).
+    pub label: String,
+    /// The preset it was made for.
+    pub preset: Option<Preset>,
+    /// Its header.
+    pub header: Map<String, Value>,
+    /// Its claims.
+    pub claims: Map<String, Value>,
+    /// `iat`.
+    pub iat: u64,
+    /// `exp`, if it has one.
+    pub exp: Option<u64>,
+}
+
+impl Entry {
+    /// Whether the token may still be handed out at `now`: while at least half its lifetime is
+    /// left; a token without `exp` (APNs) until it is 50 minutes old.
+    pub fn fresh(&self, now: u64) -> bool {
+        match self.exp {
+            Some(exp) => now < exp && exp - now >= (exp.saturating_sub(self.iat)).div_ceil(2),
+            None => now.saturating_sub(self.iat) < APNS_REUSE_SECS,
+        }
+    }
+}
+
+/// Tokens by what was asked for: key, preset, header and claims other than `iat`/`exp`, ttl.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl TokenCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cache key of a request, or `None` when the request cannot share tokens (it sets
+    /// `iat` or `exp` itself).
+    pub fn key(
+        name: &str,
+        preset: Option<Preset>,
+        header: &Map<String, Value>,
+        claims: &Map<String, Value>,
+        ttl: Option<&str>,
+    ) -> Option<String> {
+        if claims.contains_key("iat") || claims.contains_key("exp") {
+            return None;
+        }
+        let key = (name, preset.map(Preset::name), header, claims, ttl);
+        serde_json::to_string(&key).ok()
+    }
+
+    /// The cached token for `key`, if it is still fresh at `now`.
+    pub fn get(&self, key: &str, now: u64) -> Option<Entry> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|entry| entry.fresh(now)).cloned()
+    }
+
+    /// Keeps `entry`; when full, drops what has gone stale, then the oldest.
+    pub fn put(&self, key: String, entry: Entry, now: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CAPACITY && !entries.contains_key(&key) {
+            entries.retain(|_, e| e.fresh(now));
+            if entries.len() >= CAPACITY
+                && let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.iat).map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(key, entry);
+    }
+
+    /// Forgets every token (on `lock`).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// How many tokens it holds.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(iat: u64, exp: Option<u64>) -> Entry {
+        Entry {
+            token: format!("t{iat}"),
+            label: "k".into(),
+            preset: None,
+            header: Map::new(),
+            claims: Map::new(),
+            iat,
+            exp,
+        }
+    }
+
+    #[test]
+    fn reused_while_half_the_lifetime_is_left() {
+        let e = entry(1000, Some(2200));
+        assert!(e.fresh(1000));
+        assert!(e.fresh(1600));
+        assert!(!e.fresh(1601));
+        assert!(!e.fresh(2200));
+        // APNs: until 50 minutes old.
+        let apns = entry(1000, None);
+        assert!(apns.fresh(1000 + 50 * 60 - 1));
+        assert!(!apns.fresh(1000 + 50 * 60));
+    }
+
+    #[test]
+    fn keys_ignore_nothing_but_refuse_explicit_times() {
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::from("a"));
+        let k1 = TokenCache::key("k", None, &Map::new(), &claims, Some("20m")).unwrap();
+        let k2 = TokenCache::key("k", None, &Map::new(), &claims, Some("10m")).unwrap();
+        let k3 = TokenCache::key("k", Some(Preset::Apns), &Map::new(), &claims, Some("20m")).unwrap();
+        assert!(k1 != k2 && k1 != k3);
+        claims.insert("exp".into(), Value::from(5));
+        assert_eq!(TokenCache::key("k", None, &Map::new(), &claims, None), None);
+    }
+
+    #[test]
+    fn bounded() {
+        let cache = TokenCache::new();
+        for i in 0..(CAPACITY as u64 + 10) {
+            cache.put(format!("k{i}"), entry(1000 + i, Some(100_000)), 1000);
+        }
+        assert_eq!(cache.len(), CAPACITY);
+        assert!(cache.get("k0", 1000).is_none(), "the oldest went first");
+        assert!(cache.get(&format!("k{}", CAPACITY + 9), 1000).is_some());
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+}

@@ -1,0 +1,172 @@
+//! The config file (TOML): every daemon flag under `[daemon]`, and per-key defaults and policy
+//! under `[keys.LABEL]`. An unknown field or a bad value is an error that names it.
+
+use crate::preset::Preset;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The daemon's settings; flags override them.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Per-key defaults and policy, by key label.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyPolicy>,
+}
+
+/// `[daemon]`: what the flags of `jwt-agent daemon` say.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// `--module`.
+    pub module: Option<PathBuf>,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--pin-file`.
+    pub pin_file: Option<PathBuf>,
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--audit-log`.
+    pub audit_log: Option<PathBuf>,
+    /// `--sessions`.
+    pub sessions: Option<u16>,
+    /// Uids served besides the daemon's own.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+}
+
+/// `[keys.LABEL]`: what a key signs by default and what it may sign at all.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicy {
+    /// The preset `sign --key LABEL` uses when none is given.
+    #[serde(default, deserialize_with = "preset")]
+    pub preset: Option<Preset>,
+    /// The `kid` header when none is given.
+    pub kid: Option<String>,
+    /// The `iss` claim when none is given.
+    pub iss: Option<String>,
+    /// The only presets the key may sign for (`sign-input` must meet one of them).
+    #[serde(default, deserialize_with = "presets")]
+    pub presets: Option<Vec<Preset>>,
+    /// The only `aud` values its tokens may carry.
+    pub allowed_aud: Option<Vec<String>>,
+    /// The longest lifetime (`exp - iat`) its tokens may have.
+    #[serde(default, deserialize_with = "ttl")]
+    pub max_ttl: Option<u64>,
+    /// Uids besides the daemon's own that may use the key (instead of `[daemon] allowed_uids`).
+    pub allowed_uids: Option<Vec<u32>>,
+}
+
+fn preset<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Preset>, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn presets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Preset>>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect::<Result<_, _>>().map(Some)
+}
+
+fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::duration::parse(&text).map(|d| Some(d.as_secs())).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths in it are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config {}: {e}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| format!("the config {} is not valid: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let d = &mut config.daemon;
+        for file in [&mut d.module, &mut d.pin_file, &mut d.socket, &mut d.audit_log].into_iter().flatten() {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        for (label, key) in &config.keys {
+            if let (Some(preset), Some(allowed)) = (key.preset, &key.presets)
+                && !allowed.contains(&preset)
+            {
+                return Err(format!(
+                    "the config {}: keys.{label}.preset {preset} is not among keys.{label}.presets",
+                    path.display()
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// `$XDG_CONFIG_HOME/jwt-agent/config.toml` (or `~/.config/...`), when it exists.
+    pub fn default_path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+        Some(base.join("jwt-agent/config.toml")).filter(|p| p.exists())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn reads_the_spec_example() {
+        let config = parse(
+            r#"
+            [daemon]
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token = "release"
+            pin_file = "/run/secrets/hsm-pin"
+            socket = "/run/jwt-agent/agent.sock"
+            audit_log = "audit.jsonl"
+            allowed_uids = [1001]
+
+            [keys.ABC123DEFG]
+            preset = "app-store-connect"
+            kid = "ABC123DEFG"
+            iss = "57246542-96fe-1a63-e053-0824d011072a"
+            presets = ["app-store-connect"]
+            allowed_aud = ["appstoreconnect-v1"]
+            max_ttl = "20m"
+            allowed_uids = [1001]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.daemon.token.as_deref(), Some("release"));
+        assert!(config.daemon.audit_log.unwrap().is_absolute());
+        let key = &config.keys["ABC123DEFG"];
+        assert_eq!(key.preset, Some(Preset::AppStoreConnect));
+        assert_eq!(key.max_ttl, Some(1200));
+        assert_eq!(key.allowed_uids, Some(vec![1001]));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let error = parse("[daemon]\nmodul = \"x\"\n").unwrap_err();
+        assert!(error.contains("unknown field `modul`"), "{error}");
+        let error = parse("[keys.a]\npreset = \"asc\"\n").unwrap_err();
+        assert!(error.contains("unknown preset \"asc\""), "{error}");
+        let error = parse("[keys.a]\nmax_ttl = \"forever\"\n").unwrap_err();
+        assert!(error.contains("not a duration"), "{error}");
+        let error = parse("[keys.a]\npreset = \"apns\"\npresets = [\"musickit\"]\n").unwrap_err();
+        assert!(error.contains("not among"), "{error}");
+        let error = parse("[extra]\n").unwrap_err();
+        assert!(error.contains("unknown field `extra`"), "{error}");
+    }
+}

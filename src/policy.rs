@@ -1,0 +1,183 @@
+//! Who may use the agent and what each key may sign: the `[daemon] allowed_uids` and
+//! `[keys.LABEL]` rules of the config, enforced on every request, `sign-input` included.
+
+use crate::config::{Config, KeyPolicy};
+use crate::preset::Preset;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// The rules in force.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    own_uid: u32,
+    allowed_uids: Vec<u32>,
+    keys: BTreeMap<String, KeyPolicy>,
+}
+
+impl Policy {
+    /// The rules of `config` for a daemon running as `own_uid`.
+    pub fn new(own_uid: u32, config: &Config) -> Policy {
+        Policy { own_uid, allowed_uids: config.daemon.allowed_uids.clone(), keys: config.keys.clone() }
+    }
+
+    /// Whether a peer of this uid may connect at all: the daemon's own uid, the daemon's
+    /// `allowed_uids`, or a uid some key allows.
+    pub fn admits(&self, uid: u32) -> bool {
+        uid == self.own_uid
+            || self.allowed_uids.contains(&uid)
+            || self.keys.values().any(|k| k.allowed_uids.as_ref().is_some_and(|uids| uids.contains(&uid)))
+    }
+
+    /// Whether this uid is the daemon's own, which alone may create keys and stop the agent.
+    pub fn is_owner(&self, uid: u32) -> bool {
+        uid == self.own_uid
+    }
+
+    /// The config of the key labelled `label`, if it has one.
+    pub fn key(&self, label: &str) -> Option<&KeyPolicy> {
+        self.keys.get(label)
+    }
+
+    /// Checks a token the key labelled `label` is about to sign for `uid`. `preset` is the one
+    /// the request used; for `sign-input` (`None`) the token must meet one the key allows.
+    /// Returns the preset the token meets, if any was asked or found.
+    pub fn check(
+        &self,
+        label: &str,
+        uid: u32,
+        preset: Option<Preset>,
+        header: &Map<String, Value>,
+        claims: &Map<String, Value>,
+    ) -> Result<Option<Preset>, String> {
+        let key = self.keys.get(label);
+        if uid != self.own_uid {
+            let allowed = match key.and_then(|k| k.allowed_uids.as_ref()) {
+                Some(uids) => uids.contains(&uid),
+                None => self.allowed_uids.contains(&uid),
+            };
+            if !allowed {
+                return Err(format!("uid {uid} may not use the key {label:?}"));
+            }
+        }
+        let Some(key) = key else { return Ok(preset) };
+        let preset = match (&key.presets, preset) {
+            (None, preset) => preset,
+            (Some(allowed), Some(preset)) if allowed.contains(&preset) => Some(preset),
+            (Some(allowed), Some(preset)) => {
+                return Err(format!(
+                    "the key {label:?} may not sign {preset} tokens, only {}",
+                    names(allowed)
+                ));
+            }
+            (Some(allowed), None) => {
+                let mut first_error = None;
+                let met = allowed.iter().copied().find(|p| match p.check(header, claims) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        false
+                    }
+                });
+                match met {
+                    Some(preset) => Some(preset),
+                    None => {
+                        let why = first_error.map(|e| e.to_string()).unwrap_or_default();
+                        return Err(format!(
+                            "the key {label:?} signs only {} tokens, and this is not one ({why})",
+                            names(allowed)
+                        ));
+                    }
+                }
+            }
+        };
+        if let Some(allowed) = &key.allowed_aud {
+            let auds: Vec<&str> = match claims.get("aud") {
+                Some(Value::String(aud)) => vec![aud.as_str()],
+                Some(Value::Array(auds)) => auds.iter().map(|a| a.as_str().unwrap_or("")).collect(),
+                _ => Vec::new(),
+            };
+            if auds.is_empty() || auds.iter().any(|aud| !allowed.iter().any(|a| a == aud)) {
+                return Err(format!("the key {label:?} signs only for aud {}", allowed.join(", ")));
+            }
+        }
+        if let Some(max) = key.max_ttl {
+            let exp = claims.get("exp").and_then(Value::as_u64);
+            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or_else(crate::jose::now);
+            match exp {
+                Some(exp) if exp.saturating_sub(iat) <= max => {}
+                Some(exp) => {
+                    return Err(format!(
+                        "the key {label:?} signs tokens of at most {max} s; this one lives {} s",
+                        exp.saturating_sub(iat)
+                    ));
+                }
+                None => {
+                    return Err(format!("the key {label:?} signs only tokens with an exp (at most {max} s)"));
+                }
+            }
+        }
+        Ok(preset)
+    }
+}
+
+fn names(presets: &[Preset]) -> String {
+    presets.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy() -> Policy {
+        let toml = r#"
+            [daemon]
+            allowed_uids = [1001]
+            [keys.asc]
+            presets = ["app-store-connect"]
+            allowed_aud = ["appstoreconnect-v1"]
+            max_ttl = "20m"
+            allowed_uids = [1002]
+        "#;
+        Policy::new(0, &toml::from_str(toml).unwrap())
+    }
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn uids() {
+        let p = policy();
+        assert!(p.admits(0) && p.admits(1001) && p.admits(1002) && !p.admits(1003));
+        let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
+        let claims = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
+        assert!(p.check("asc", 1002, None, &header, &claims).is_ok());
+        assert!(p.check("asc", 1001, None, &header, &claims).unwrap_err().contains("uid 1001"));
+        assert!(p.check("other", 1001, None, &header, &claims).is_ok());
+        assert!(p.check("other", 1002, None, &header, &claims).is_err());
+    }
+
+    #[test]
+    fn presets_audiences_and_lifetimes() {
+        let p = policy();
+        let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
+        let good = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
+        assert_eq!(p.check("asc", 0, None, &header, &good), Ok(Some(Preset::AppStoreConnect)));
+        assert!(
+            p.check("asc", 0, Some(Preset::Apns), &header, &good).unwrap_err().contains("may not sign apns")
+        );
+        let long = object(json!({"iss": "t", "iat": 100, "exp": 100 + 1201, "aud": "appstoreconnect-v1"}));
+        assert!(p.check("asc", 0, None, &header, &long).is_err());
+        let plain = object(json!({"iss": "t", "iat": 100}));
+        assert!(
+            p.check("asc", 0, None, &header, &plain).unwrap_err().contains("signs only app-store-connect")
+        );
+        let other_aud =
+            object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": ["appstoreconnect-v1", "x"]}));
+        let only_aud =
+            Policy::new(0, &toml::from_str("[keys.k]\nallowed_aud = [\"appstoreconnect-v1\"]").unwrap());
+        assert!(only_aud.check("k", 0, None, &header, &other_aud).unwrap_err().contains("aud"));
+        assert!(only_aud.check("k", 0, None, &header, &plain).unwrap_err().contains("aud"));
+    }
+}
