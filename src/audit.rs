@@ -44,6 +44,10 @@ pub enum Outcome {
     Created,
     /// The agent was stopped.
     Stopped,
+    /// The agent was locked.
+    Locked,
+    /// The agent was unlocked.
+    Unlocked,
     /// The request was refused or failed.
     Refused,
 }

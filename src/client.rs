@@ -9,8 +9,8 @@
 
 use crate::error::{ErrorCode, WireError};
 use crate::protocol::{
-    self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, PubkeyFormat, PubkeyResult,
-    Request, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
+    self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, LockResult, PubkeyFormat,
+    PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
@@ -125,6 +125,16 @@ impl Client {
     /// Generates a key pair inside the token.
     pub fn generate(&mut self, request: GenerateRequest) -> Result<KeyInfo, ClientError> {
         Ok(self.call::<KeyResult>(&Request::Generate(request))?.key)
+    }
+
+    /// Locks the agent.
+    pub fn lock(&mut self) -> Result<(), ClientError> {
+        self.call::<LockResult>(&Request::Lock {}).map(drop)
+    }
+
+    /// Unlocks the agent with `pin`.
+    pub fn unlock(&mut self, pin: SecretText) -> Result<(), ClientError> {
+        self.call::<LockResult>(&Request::Unlock { pin }).map(drop)
     }
 
     /// The agent's status.

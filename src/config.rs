@@ -37,6 +37,14 @@ pub struct DaemonConfig {
     /// Uids served besides the daemon's own.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
+    /// `--lock-after`, in seconds.
+    #[serde(default, deserialize_with = "ttl")]
+    pub lock_after: Option<u64>,
+    /// `--max-connections`.
+    pub max_connections: Option<u16>,
+    /// `--read-timeout`, in seconds.
+    #[serde(default, deserialize_with = "ttl")]
+    pub read_timeout: Option<u64>,
 }
 
 /// `[keys.LABEL]`: what a key signs by default and what it may sign at all.

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Exists,
     /// The peer's uid may not use this agent.
     Forbidden,
+    /// The agent serves as many connections as it may.
+    Busy,
     /// Anything else: a bug or an exhausted resource on the daemon's side.
     Internal,
     /// A code this client does not know (a newer daemon).
@@ -54,7 +56,7 @@ impl ErrorCode {
             | ErrorCode::Exists
             | ErrorCode::Forbidden => EXIT_REFUSED,
             ErrorCode::UnknownKey | ErrorCode::TokenError => EXIT_TOKEN,
-            ErrorCode::UnknownOp | ErrorCode::Internal | ErrorCode::Unknown => EXIT_OTHER,
+            ErrorCode::UnknownOp | ErrorCode::Internal | ErrorCode::Busy | ErrorCode::Unknown => EXIT_OTHER,
         }
     }
 
@@ -70,6 +72,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Exists => "exists",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

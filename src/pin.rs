@@ -45,6 +45,11 @@ pub enum PinSource<'a> {
 
 /// Reads the PIN. The intermediate buffers are zeroized; the result zeroizes itself on drop.
 pub fn read_pin(source: PinSource, prompt: &str) -> Result<AuthPin, PinError> {
+    read_pin_text(source, prompt).map(|pin| AuthPin::from(pin.as_str()))
+}
+
+/// Reads the PIN as text, first line only, for `unlock` to send to the agent.
+pub fn read_pin_text(source: PinSource, prompt: &str) -> Result<Zeroizing<String>, PinError> {
     let text: Zeroizing<String> = match source {
         PinSource::File(path) => {
             let bytes = Zeroizing::new(
@@ -72,7 +77,7 @@ pub fn read_pin(source: PinSource, prompt: &str) -> Result<AuthPin, PinError> {
     if pin.is_empty() {
         return Err(PinError::Empty);
     }
-    Ok(AuthPin::from(pin))
+    Ok(Zeroizing::new(pin.to_owned()))
 }
 
 /// Asks on the terminal without echo, or says how else to give the PIN.

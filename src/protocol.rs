@@ -40,6 +40,13 @@ pub enum Request {
     Generate(GenerateRequest),
     /// Report the token, keys, pool and counters.
     Status {},
+    /// Log out, forget the PIN and the cached tokens; refuse to sign until `unlock`.
+    Lock {},
+    /// Log in again with `pin`, tried once.
+    Unlock {
+        /// The user PIN.
+        pin: SecretText,
+    },
     /// Stop the daemon cleanly.
     Stop {},
 }
@@ -47,7 +54,7 @@ pub enum Request {
 impl Request {
     /// Every `op` this version of the protocol knows.
     pub const OPS: &'static [&'static str] =
-        &["sign_input", "sign", "keys", "pubkey", "import", "generate", "status", "stop"];
+        &["sign_input", "sign", "keys", "pubkey", "import", "generate", "status", "lock", "unlock", "stop"];
 
     /// The ops whose own field `id` (a key's CKA_ID) is also the request's id.
     pub const OWN_ID: &'static [&'static str] = &["import", "generate"];
@@ -62,6 +69,8 @@ impl Request {
             Request::Import(_) => "import",
             Request::Generate(_) => "generate",
             Request::Status {} => "status",
+            Request::Lock {} => "lock",
+            Request::Unlock { .. } => "unlock",
             Request::Stop {} => "stop",
         }
     }
@@ -315,6 +324,15 @@ pub struct StatusResult {
     pub per_key: std::collections::BTreeMap<String, KeyCounters>,
     /// The audit log, if one is kept.
     pub audit_log: Option<String>,
+    /// Whether the agent is locked.
+    pub locked: bool,
+}
+
+/// The result of `lock` and `unlock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockResult {
+    /// Whether the agent is locked now.
+    pub locked: bool,
 }
 
 /// The result of `stop`.

@@ -2,11 +2,12 @@
 
 use super::Failure;
 use crate::config::Config;
-use crate::daemon::Options;
+use crate::daemon::{MAX_CONNECTIONS, Options, READ_TIMEOUT};
 use crate::error::{EXIT_OTHER, EXIT_USAGE};
 use crate::policy::Policy;
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The daemon's flags. Each overrides the config file's `[daemon]` table.
 #[derive(Debug, Clone, Args)]
@@ -29,6 +30,15 @@ pub struct DaemonArgs {
     /// Append one JSON line per decision to this file (created 0600)
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// Lock (log out, forget the PIN) after this long without a signature, like ssh-add -t
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    lock_after: Option<u64>,
+    /// Connections served at once; more are told the agent is busy [default: 256]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    max_connections: Option<u16>,
+    /// How long a client may take to finish a request line it started [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    read_timeout: Option<u64>,
     /// PKCS#11 sessions in the pool [default: the CPU count, capped by the token]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     sessions: Option<u16>,
@@ -58,10 +68,17 @@ impl DaemonArgs {
             sessions: self.sessions.or(d.sessions).map(usize::from),
             audit_log: self.audit_log.or_else(|| d.audit_log.clone()).as_deref().map(absolute).transpose()?,
             policy: Policy::new(crate::paths::euid(), &config),
+            lock_after: self.lock_after.or(d.lock_after).map(Duration::from_secs),
+            max_connections: self.max_connections.or(d.max_connections).map_or(MAX_CONNECTIONS, usize::from),
+            read_timeout: self.read_timeout.or(d.read_timeout).map_or(READ_TIMEOUT, Duration::from_secs),
         };
         let path = path.as_deref().map(absolute).transpose()?;
         Ok((options, path))
     }
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    crate::duration::parse(text).map(|d| d.as_secs())
 }
 
 fn missing(flag: &str, field: &str) -> Failure {

@@ -49,6 +49,19 @@ enum Command {
     Verify(keys::VerifyArgs),
     /// Show the token, keys, session pool and counters
     Status(ListArgs),
+    /// Log the agent out of the token and make it forget the PIN; it signs nothing until unlock
+    Lock(SocketArgs),
+    /// Log the agent in again: prompts for the PIN, or reads --pin-file
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+struct UnlockArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// File holding the user PIN (else $JWT_AGENT_PIN, else a prompt on the terminal)
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +215,20 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Import(args) => keys::import(args),
         Command::Generate(args) => keys::generate(args),
         Command::Verify(args) => keys::verify(args),
+        Command::Lock(args) => {
+            connect(&args)?.lock()?;
+            print_line("The agent is locked: it is logged out and has forgotten the PIN.")
+        }
+        Command::Unlock(args) => {
+            let source = match &args.pin_file {
+                Some(file) => crate::pin::PinSource::File(file),
+                None => crate::pin::PinSource::EnvOrPrompt,
+            };
+            let pin = crate::pin::read_pin_text(source, "PIN to unlock the agent: ")
+                .map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
+            connect(&args.socket)?.unlock(crate::protocol::SecretText(pin))?;
+            print_line("The agent is unlocked.")
+        }
         Command::Status(args) => {
             let status = connect(&args.socket)?.status()?;
             print_line(&output::status(&status, args.json))

@@ -138,6 +138,11 @@ fn daemon_command(options: &Options, config: Option<&Path>) -> Result<Command, F
     if let Some(n) = options.sessions {
         command.arg("--sessions").arg(n.to_string());
     }
+    if let Some(after) = options.lock_after {
+        command.arg("--lock-after").arg(format!("{}s", after.as_secs()));
+    }
+    command.arg("--max-connections").arg(options.max_connections.to_string());
+    command.arg("--read-timeout").arg(format!("{}s", options.read_timeout.as_secs()));
     Ok(command)
 }
 

@@ -1,6 +1,7 @@
 //! Line framing on one connection: requests up to [`MAX_LINE`] bytes, answers in order.
 
 use crate::protocol::MAX_LINE;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead};
 
 /// What the next read off a connection produced.
@@ -12,6 +13,26 @@ pub enum Frame {
     TooLarge,
     /// The peer closed the connection.
     Eof,
+    /// The peer sat idle too long, or took too long to finish a line.
+    Stalled,
+}
+
+/// [`read_frame`], giving up when no request starts within `idle` or a started line does not
+/// end within `read_timeout`: a stalled client cannot hold a connection slot for long.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut tokio::io::BufReader<R>,
+    line: &mut Vec<u8>,
+    idle: Duration,
+    read_timeout: Duration,
+) -> std::io::Result<Frame> {
+    if reader.buffer().is_empty() {
+        match tokio::time::timeout(idle, reader.fill_buf()).await {
+            Err(_) => return Ok(Frame::Stalled),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) => {}
+        }
+    }
+    tokio::time::timeout(read_timeout, read_frame(reader, line)).await.unwrap_or(Ok(Frame::Stalled))
 }
 
 /// Reads one line into `line` (cleared first). A longer line than [`MAX_LINE`] is discarded as

@@ -9,7 +9,7 @@ use crate::keyfile;
 use crate::policy::Policy;
 use crate::protocol::{
     self, CacheStatus, Counters, GenerateRequest, ImportRequest, KeyCounters, KeyResult, KeysResult,
-    PoolStatus, PubkeyFormat, PubkeyResult, Request, StatusResult, StopResult,
+    LockResult, PoolStatus, PubkeyFormat, PubkeyResult, Request, SecretText, StatusResult, StopResult,
 };
 use crate::token::pool::Pool;
 use crate::token::uri::parse_hex;
@@ -40,6 +40,7 @@ pub struct Agent {
     refusals: AtomicU64,
     token_errors: AtomicU64,
     per_key: Mutex<BTreeMap<String, KeyCounters>>,
+    last_used: AtomicU64,
 }
 
 /// What a request's answer carries, before the envelope.
@@ -52,6 +53,7 @@ pub(super) enum Reply {
     Pubkey(PubkeyResult),
     Key(KeyResult),
     Status(Box<StatusResult>),
+    Lock(LockResult),
     Stop(StopResult),
 }
 
@@ -78,6 +80,7 @@ impl Agent {
             refusals: AtomicU64::new(0),
             token_errors: AtomicU64::new(0),
             per_key: Mutex::new(BTreeMap::new()),
+            last_used: AtomicU64::new(crate::jose::now()),
         }
     }
 
@@ -109,7 +112,14 @@ impl Agent {
 
     async fn dispatch(&self, request: Request, peer: &Peer, record: &mut Record) -> Result<Reply, WireError> {
         record.op = Some(request.op());
-        let owner_only = matches!(request, Request::Import(_) | Request::Generate(_) | Request::Stop {});
+        let owner_only = matches!(
+            request,
+            Request::Import(_)
+                | Request::Generate(_)
+                | Request::Lock {}
+                | Request::Unlock { .. }
+                | Request::Stop {}
+        );
         if owner_only && !self.policy.is_owner(peer.uid) {
             return Err(WireError::denied(format!("only the agent's own uid may {}", request.op())));
         }
@@ -123,6 +133,18 @@ impl Agent {
             Request::Import(request) => self.import(request, record).await.map(Reply::Key),
             Request::Generate(request) => self.generate(request, record).await.map(Reply::Key),
             Request::Status {} => Ok(Reply::Status(Box::new(self.status().await))),
+            Request::Lock {} => {
+                self.lock("a client asked").await?;
+                record.outcome = Some(Outcome::Locked);
+                self.commit(record)?;
+                Ok(Reply::Lock(LockResult { locked: true }))
+            }
+            Request::Unlock { pin } => {
+                self.unlock(pin).await?;
+                record.outcome = Some(Outcome::Unlocked);
+                self.commit(record)?;
+                Ok(Reply::Lock(LockResult { locked: false }))
+            }
             Request::Stop {} => {
                 crate::info!("stop requested by uid {} (pid {:?})", peer.uid, peer.pid);
                 record.outcome = Some(Outcome::Stopped);
@@ -131,6 +153,43 @@ impl Agent {
                 Ok(Reply::Stop(StopResult { pid: std::process::id() }))
             }
         }
+    }
+
+    /// Locks the agent: the token logs out, the PIN and the cached tokens are forgotten.
+    pub async fn lock(&self, why: &str) -> Result<(), WireError> {
+        self.cache.clear();
+        self.on_token(|token, session| {
+            token.lock(session);
+            Ok(())
+        })
+        .await?;
+        crate::info!("locked: {why}");
+        Ok(())
+    }
+
+    async fn unlock(&self, pin: SecretText) -> Result<(), WireError> {
+        self.on_token(move |token, session| {
+            token.unlock(session, cryptoki::types::AuthPin::from(pin.0.as_str()))
+        })
+        .await?;
+        self.touch();
+        crate::info!("unlocked");
+        Ok(())
+    }
+
+    /// Whether the agent is locked.
+    pub fn is_locked(&self) -> bool {
+        self.pool.token().is_locked()
+    }
+
+    /// Notes that a key was used now (for `--lock-after`).
+    pub(super) fn touch(&self) {
+        self.last_used.store(crate::jose::now(), Ordering::Relaxed);
+    }
+
+    /// Seconds since a key was last used.
+    pub fn idle_secs(&self) -> u64 {
+        crate::jose::now().saturating_sub(self.last_used.load(Ordering::Relaxed))
     }
 
     /// Tells every connection to stop after the request it is on.
@@ -142,6 +201,12 @@ impl Agent {
     pub fn forbidden(&self, peer: &Peer) -> Vec<u8> {
         let message = format!("uid {} may not use this agent", peer.uid);
         self.refuse(None, &WireError::new(ErrorCode::Forbidden, message), Record::new(peer))
+    }
+
+    /// The one answer a client over the connection limit gets.
+    pub fn busy(&self) -> Vec<u8> {
+        let message = "the agent serves as many connections as it may; retry shortly";
+        protocol::encode_error(None, &WireError::new(ErrorCode::Busy, message))
     }
 
     /// The answer to a line longer than the protocol allows.
@@ -211,12 +276,19 @@ impl Agent {
         self.pool.run(f).await.map_err(|e| e.to_wire())
     }
 
+    /// Refuses with `locked` while the agent is locked.
+    pub(super) fn check_unlocked(&self) -> Result<(), WireError> {
+        if self.is_locked() { Err(TokenError::Locked.to_wire()) } else { Ok(()) }
+    }
+
     async fn keys(&self) -> Result<KeysResult, WireError> {
+        self.check_unlocked()?;
         let keys = self.on_token(|token, session| token.list_keys(session)).await?;
         Ok(KeysResult { keys })
     }
 
     async fn pubkey(&self, key: Option<String>, format: PubkeyFormat) -> Result<PubkeyResult, WireError> {
+        self.check_unlocked()?;
         let names = match (key, format) {
             (Some(key), _) => vec![key],
             (None, PubkeyFormat::Jwks) => Vec::new(),
@@ -283,6 +355,7 @@ impl Agent {
     }
 
     async fn create(&self, new: NewKey, record: &mut Record) -> Result<KeyResult, WireError> {
+        self.check_unlocked()?;
         let info = self.on_token(move |token, _| token.create(&new)).await?;
         crate::info!("created key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
         record.alg = info.alg.clone().map(Value::from);
@@ -327,6 +400,7 @@ impl Agent {
             cache: CacheStatus { size: self.cache.len(), hits: cache_hits },
             per_key: self.per_key.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             audit_log: self.audit_path.clone(),
+            locked: self.is_locked(),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 /// How long shutdown waits for connections to finish the request they are on.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -42,7 +42,20 @@ pub struct Options {
     pub audit_log: Option<PathBuf>,
     /// Who may connect, and what each key may sign.
     pub policy: Policy,
+    /// Lock after this long without a signature.
+    pub lock_after: Option<Duration>,
+    /// Connections served at once; more are told the agent is busy.
+    pub max_connections: usize,
+    /// How long a client may take to finish a request line it started.
+    pub read_timeout: Duration,
 }
+
+/// Default for [`Options::max_connections`].
+pub const MAX_CONNECTIONS: usize = 256;
+/// Default for [`Options::read_timeout`].
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may sit idle between requests before the daemon closes it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the daemon could not start or run, with its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +110,13 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let served = runtime.block_on(async {
         let listener = listener::bind(&options.socket)?;
         crate::info!("listening on {}", options.socket.display());
-        serve(listener, agent.clone(), stop_rx).await;
+        let limits = Limits { max_connections: options.max_connections, read_timeout: options.read_timeout };
+        let idle_lock = options.lock_after.map(|after| tokio::spawn(lock_when_idle(agent.clone(), after)));
+        serve(listener, agent.clone(), stop_rx, limits).await;
+        if let Some(task) = idle_lock {
+            task.abort();
+            let _ = task.await;
+        }
         Ok::<(), String>(())
     });
     listener::remove(&options.socket);
@@ -116,9 +135,24 @@ fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {
     token_max.map_or(size, |max| size.min(max)).max(1)
 }
 
+/// How much the daemon lets each client take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to finish a request line once started.
+    pub read_timeout: Duration,
+}
+
 /// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
 /// comes, then waits for each connection to finish the request it is on.
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Each connection holds a clone; when all are dropped, every connection has ended.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let signals = shutdown_signal();
@@ -131,8 +165,12 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::R
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let (agent, stop, done) = (agent.clone(), for_connections.clone(), done_tx.clone());
+                    let slot = slots.clone().try_acquire_owned();
                     tokio::spawn(async move {
-                        serve_connection(stream, &agent, stop).await;
+                        match slot {
+                            Ok(_slot) => serve_connection(stream, &agent, stop, limits.read_timeout).await,
+                            Err(_) => turn_away(stream, &agent).await,
+                        }
                         drop(done);
                     });
                 }
@@ -153,7 +191,19 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, mut stop: watch::R
     }
 }
 
-async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Receiver<bool>) {
+/// Tells a client over the connection limit that the agent is busy, and closes.
+async fn turn_away(mut stream: UnixStream, agent: &Agent) {
+    crate::warn!("too many connections; turning one away");
+    let _ = stream.write_all(&agent.busy()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    agent: &Agent,
+    mut stop: watch::Receiver<bool>,
+    read_timeout: Duration,
+) {
     let (read, write) = stream.into_split();
     let mut writer = BufWriter::new(write);
     let peer = match read.as_ref().peer_cred() {
@@ -174,12 +224,16 @@ async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Re
     let mut line = Vec::with_capacity(1024);
     loop {
         let frame = tokio::select! {
-            frame = connection::read_frame(&mut reader, &mut line) => frame,
+            frame = connection::read_frame_within(&mut reader, &mut line, IDLE_TIMEOUT, read_timeout) => frame,
             _ = stop.wait_for(|stopping| *stopping) => break,
         };
         let answer = match frame {
             Ok(connection::Frame::Line) => agent.handle(&line, &peer).await,
             Ok(connection::Frame::TooLarge) => agent.too_large(&peer),
+            Ok(connection::Frame::Stalled) => {
+                crate::warn!("closing a connection of uid {} that stalled mid-request", peer.uid);
+                break;
+            }
             Ok(connection::Frame::Eof) | Err(_) => break,
         };
         if writer.write_all(&answer).await.is_err() {
@@ -191,6 +245,21 @@ async fn serve_connection(stream: UnixStream, agent: &Agent, mut stop: watch::Re
         }
     }
     let _ = writer.flush().await;
+}
+
+/// Locks the agent once no key has been used for `after` (`--lock-after`).
+async fn lock_when_idle(agent: Arc<Agent>, after: Duration) {
+    loop {
+        let idle = Duration::from_secs(agent.idle_secs());
+        if idle >= after
+            && !agent.is_locked()
+            && let Err(e) = agent.lock(&format!("no signature for {}s", after.as_secs())).await
+        {
+            crate::warn!("could not lock the idle agent: {e}");
+        }
+        let wait = if agent.is_locked() || idle >= after { after } else { after - idle };
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,8 @@ impl Agent {
         record: &mut Record,
     ) -> Result<SignInputResult, WireError> {
         record.key = Some(key.clone());
+        self.check_unlocked()?;
+        self.touch();
         let parsed = jose::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?;
         record.token(&parsed.header, &parsed.claims, &input);
         let (policy, uid) = (self.policy.clone(), peer.uid);
@@ -59,6 +61,8 @@ impl Agent {
     ) -> Result<SignResult, WireError> {
         let SignRequest { key, preset, header, claims, ttl, fresh } = request;
         record.key = Some(key.clone());
+        self.check_unlocked()?;
+        self.touch();
         let preset = preset.map(|name| name.parse::<Preset>()).transpose().map_err(WireError::bad_request)?;
         record.preset = preset.map(Preset::name);
         let ttl_secs = ttl

@@ -116,6 +116,15 @@ pub enum TokenError {
     /// The config's policy refuses the token.
     #[error("{0}")]
     Denied(String),
+    /// The session is not logged in (private objects are invisible).
+    #[error("the token is not logged in; check the token, then retry")]
+    NotLoggedIn,
+    /// The agent is locked.
+    #[error("the agent is locked; `jwt-agent unlock` lets it sign again")]
+    Locked,
+    /// `unlock` when the agent is not locked.
+    #[error("the agent is not locked")]
+    NotLocked,
     /// The session pool is shut down.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -134,19 +143,22 @@ impl TokenError {
     /// Whether the token dropped the session or the login, so that reopening the session and
     /// logging in again may cure it.
     pub fn is_session_fault(&self) -> bool {
-        matches!(
-            self,
-            TokenError::Pkcs11(
-                RvError::SessionHandleInvalid
+        matches!(self, TokenError::NotLoggedIn)
+            || matches!(
+                self,
+                TokenError::Pkcs11(
+                    RvError::SessionHandleInvalid
                     | RvError::SessionClosed
                     | RvError::UserNotLoggedIn
                     | RvError::DeviceRemoved
                     | RvError::TokenNotPresent
                     | RvError::KeyHandleInvalid
-                    | RvError::ObjectHandleInvalid,
-                _
+                    | RvError::ObjectHandleInvalid
+                    // A session an earlier failure left mid-operation is of no more use.
+                    | RvError::OperationActive,
+                    _
+                )
             )
-        )
     }
 
     /// The wire error for this failure.
@@ -155,6 +167,8 @@ impl TokenError {
             TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
             TokenError::Exists(_) => ErrorCode::Exists,
             TokenError::Denied(_) => ErrorCode::PolicyDenied,
+            TokenError::Locked => ErrorCode::Locked,
+            TokenError::NotLocked => ErrorCode::BadRequest,
             TokenError::Refused(_) => ErrorCode::BadRequest,
             TokenError::AmbiguousKey(_)
             | TokenError::UnsupportedKey(_)

@@ -94,14 +94,26 @@ pub fn find(session: &Session, selector: &Selector, name: &str) -> Result<Key, T
     let handles = session.find_objects(&template)?;
     let handle = match handles.as_slice() {
         [handle] => *handle,
+        // Private keys are invisible without the login: say that, not that the key is missing.
+        [] if !logged_in(session) => return Err(TokenError::NotLoggedIn),
         [] => return Err(TokenError::NoKey(name.to_owned())),
         _ => return Err(TokenError::AmbiguousKey(name.to_owned())),
     };
     describe(session, handle)?.ok_or_else(|| TokenError::UnsupportedKey(name.to_owned()))
 }
 
+fn logged_in(session: &Session) -> bool {
+    use cryptoki::session::SessionState;
+    session
+        .get_session_info()
+        .is_ok_and(|info| matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser))
+}
+
 /// Describes every private key on the token that may sign.
 pub fn list(session: &Session) -> Result<Vec<KeyInfo>, TokenError> {
+    if !logged_in(session) {
+        return Err(TokenError::NotLoggedIn);
+    }
     let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Sign(true)];
     let mut keys = Vec::new();
     for handle in session.find_objects(&template)? {

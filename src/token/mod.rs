@@ -34,12 +34,12 @@ pub struct Token {
     slot: Slot,
     module: PathBuf,
     label: String,
-    /// The PIN that logged in, kept to log in again after the token drops the login.
-    pin: AuthPin,
+    /// The PIN that logged in, kept to log in again after the token drops the login; `None`
+    /// while the agent is locked (locking drops the PIN, which zeroizes it). The mutex also
+    /// serializes logins, so that workers recovering at once spend one try, not one each.
+    pin: Mutex<Option<AuthPin>>,
     /// Set when the token rejected the PIN: from then on nothing logs in by itself.
     pin_rejected: AtomicBool,
-    /// Serializes logins, so that workers recovering at once spend one try, not one each.
-    login_lock: Mutex<()>,
     mechanisms: Vec<MechanismType>,
     /// Key handles by the name they were asked for, found once. Cleared when the token loses
     /// its objects' handles.
@@ -80,9 +80,8 @@ impl Token {
             label: identity.label.clone(),
             identity,
             raw: OnceLock::new(),
-            pin,
+            pin: Mutex::new(Some(pin)),
             pin_rejected: AtomicBool::new(false),
-            login_lock: Mutex::new(()),
             mechanisms,
             keys: RwLock::new(HashMap::new()),
         };
@@ -102,9 +101,10 @@ impl Token {
     }
 
     /// Logs the user in unless the token already has the login. Never tries a PIN the token
-    /// has rejected before.
+    /// has rejected before, and never logs in while the agent is locked.
     pub fn login(&self, session: &Session) -> Result<(), TokenError> {
-        let _guard = self.login_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = pin.as_ref().ok_or(TokenError::Locked)?;
         if self.pin_rejected.load(Ordering::SeqCst) {
             return Err(TokenError::PinRejectedBefore);
         }
@@ -113,7 +113,12 @@ impl Token {
         {
             return Ok(());
         }
-        match session.login(UserType::User, Some(&self.pin)) {
+        self.login_with(session, pin)
+    }
+
+    /// One `C_Login`; a rejection is remembered, so that nothing tries that PIN again.
+    fn login_with(&self, session: &Session, pin: &AuthPin) -> Result<(), TokenError> {
+        match session.login(UserType::User, Some(pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(CkError::Pkcs11(
                 rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
@@ -124,6 +129,33 @@ impl Token {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Locks the agent: logs out, forgets the PIN and the key handles. Nothing logs in again
+    /// until [`unlock`](Self::unlock).
+    pub fn lock(&self, session: &Session) {
+        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        *pin = None;
+        self.logout(session);
+        self.forget_keys();
+    }
+
+    /// Unlocks the agent with `pin`, tried once. It also serves to give a new PIN after the
+    /// token rejected the one the agent held.
+    pub fn unlock(&self, session: &Session, pin: AuthPin) -> Result<(), TokenError> {
+        let mut held = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() && !self.pin_rejected.load(Ordering::SeqCst) {
+            return Err(TokenError::NotLocked);
+        }
+        self.login_with(session, &pin)?;
+        self.pin_rejected.store(false, Ordering::SeqCst);
+        *held = Some(pin);
+        Ok(())
+    }
+
+    /// Whether the agent is locked.
+    pub fn is_locked(&self) -> bool {
+        self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
     /// Logs out (best effort, at shutdown).
@@ -169,6 +201,7 @@ impl Token {
         };
         let state = match (&info, session.map(Session::get_session_info)) {
             (Err(e), _) => format!("unreachable: {e}"),
+            _ if self.is_locked() => "locked".to_owned(),
             (_, Some(Ok(s))) if matches!(s.session_state(), SessionState::RoUser | SessionState::RwUser) => {
                 "logged_in".to_owned()
             }
@@ -228,9 +261,11 @@ impl Token {
                 .get_or_init(|| raw::RawSign::load(&self.module).map_err(|e| e.to_string()))
                 .as_ref()
                 .map_err(|e| TokenError::Other(e.clone()))?;
+            let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+            let pin = pin.as_ref().ok_or(TokenError::Locked)?;
             session.sign_init(&plan.mechanism, key.handle)?;
             // The PIN that logged in, once more for this one signature (CKA_ALWAYS_AUTHENTICATE).
-            session.login(UserType::ContextSpecific, Some(&self.pin))?;
+            session.login(UserType::ContextSpecific, Some(pin))?;
             raw.sign(session.handle(), &data, plan.signature_len)?
         } else {
             session.sign(&plan.mechanism, key.handle, &data)?

@@ -119,9 +119,18 @@ impl Worker {
         // One reopen and one login per fault: nothing here loops.
         self.session = None;
         self.token.forget_keys();
-        let session = self.token.open_session()?;
-        self.token.login(&session)?;
-        let session = self.session.insert(session);
-        f(&self.token, session)
+        let session = self.session.insert(self.token.open_session()?);
+        let login = self.token.login(session);
+        match login {
+            // Locked, or holding a PIN the token refused: nothing logs in, but what needs no
+            // login (status, unlock) still runs on the new session.
+            Err(TokenError::Locked | TokenError::PinRejectedBefore) | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
+        match f(&self.token, session) {
+            // Then the login failure is the reason the request failed.
+            Err(e) if e.is_session_fault() => Err(login.err().unwrap_or(e)),
+            result => result,
+        }
     }
 }

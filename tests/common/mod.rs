@@ -392,3 +392,50 @@ print(json.dumps(by_pem))
     assert!(out.status.success(), "PyJWT refused the {alg} token: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The fault-injecting PKCS#11 module (`tests/faulty/faulty_pkcs11.c`), compiled with the C
+/// compiler the Rust toolchain already needs, once per test binary.
+pub fn faulty_module() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faulty/faulty_pkcs11.c");
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            let out = dir.join(format!("faulty_pkcs11.{}.so", std::process::id()));
+            let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+            run_ok(
+                Command::new(cc)
+                    .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+                    .arg(&out)
+                    .arg(source)
+                    .arg("-ldl"),
+            );
+            out
+        })
+        .clone()
+}
+
+/// A daemon on this token through the faulty module; returns it with the control file (write a
+/// fault into it) and the call log.
+pub fn faulty_agent(hsm: &Hsm, args: &[&str]) -> (Agent, PathBuf, PathBuf) {
+    let control = hsm.path("fault");
+    let log = hsm.path("calls.log");
+    std::fs::write(&control, "").unwrap();
+    let mut command = hsm.daemon_with(&faulty_module(), &hsm.socket());
+    command.args(args);
+    command.env("FAULTY_PKCS11_MODULE", &hsm.module).env("FAULTY_PKCS11_CONTROL", &control);
+    command.env("FAULTY_PKCS11_LOG", &log);
+    (Agent::spawn(command, hsm.socket()), control, log)
+}
+
+/// How many times the faulty module forwarded `call` so far.
+pub fn calls(log: &Path, call: &str) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| *l == call).count()
+}
+
+/// The daemon's resident memory in KiB, from /proc.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

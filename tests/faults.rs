@@ -1,0 +1,160 @@
+//! Token faults, injected by a PKCS#11 module that forwards to SoftHSM
+//! (`tests/faulty/faulty_pkcs11.c`): the daemon recovers by itself when the token comes back,
+//! reports a clear `token_error` while it is gone, never spins, and never retries a rejected PIN.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn sign(hsm: &Hsm) -> (i32, String, String) {
+    run(hsm.cli().args(["sign", "--key", KEY, "--fresh"]))
+}
+
+fn fault(control: &std::path::Path, what: &str) {
+    std::fs::write(control, what).unwrap();
+}
+
+fn state(hsm: &Hsm) -> String {
+    let (_, out, _) = run(hsm.cli().args(["status", "--json"]));
+    serde_json::from_str::<Value>(&out).unwrap()["token"]["state"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn closed_sessions_are_reopened_and_the_login_redone_once() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    assert_eq!(sign(&hsm).0, 0);
+    assert_eq!(calls(&log, "C_Login"), 1);
+    // A replugged token or restarted connector: every session closed, the login gone.
+    fault(&control, "close_all");
+    let (code, token, err) = sign(&hsm);
+    assert_eq!(code, 0, "{err}");
+    verify_p256(token.trim(), &hsm.public_pem(KEY));
+    assert_eq!(calls(&log, "C_Login"), 2, "one login again with the PIN that worked");
+    assert_eq!(calls(&log, "C_OpenSession"), 2);
+    assert_eq!(sign(&hsm).0, 0);
+    assert_eq!(calls(&log, "C_Login"), 2);
+    assert_eq!(state(&hsm), "logged_in");
+}
+
+#[test]
+fn an_invalid_session_is_retried_once_and_a_second_failure_is_an_error() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    fault(&control, "session_invalid_once");
+    assert_eq!(sign(&hsm).0, 0, "retried once on a new session");
+    assert_eq!(calls(&log, "C_SignInit"), 2);
+
+    for (what, message) in
+        [("session_invalid", "dropped the session"), ("not_logged_in", "dropped the session")]
+    {
+        fault(&control, what);
+        let before = calls(&log, "C_SignInit");
+        let (code, out, err) = sign(&hsm);
+        assert_eq!(code, 5, "{what}: {err}");
+        assert!(out.is_empty());
+        assert!(err.contains(message), "{what}: {err}");
+        assert_eq!(calls(&log, "C_SignInit") - before, 2, "{what}: tried twice, not in a loop");
+    }
+    fault(&control, "");
+    assert_eq!(sign(&hsm).0, 0);
+}
+
+#[test]
+fn a_device_error_is_reported_without_a_retry() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    fault(&control, "device_error");
+    let before = calls(&log, "C_SignInit");
+    let (code, _, err) = sign(&hsm);
+    assert_eq!(code, 5);
+    assert!(err.contains("reported a failure") && err.contains("DeviceError"), "{err}");
+    assert_eq!(calls(&log, "C_SignInit") - before, 1);
+    fault(&control, "");
+    assert_eq!(sign(&hsm).0, 0);
+}
+
+#[test]
+fn a_removed_token_is_a_clear_error_and_the_agent_recovers_when_it_is_back() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "2"]);
+    assert_eq!(sign(&hsm).0, 0);
+    fault(&control, "removed");
+    let sessions_before = calls(&log, "C_OpenSession");
+    for _ in 0..5 {
+        let (code, out, err) = sign(&hsm);
+        assert_eq!(code, 5);
+        assert!(out.is_empty());
+        assert!(err.contains("not there") && err.contains("plug it back in"), "{err}");
+    }
+    // At most one reopen per request: the daemon does not spin on a missing token.
+    assert!(calls(&log, "C_OpenSession") - sessions_before <= 5);
+    assert!(state(&hsm).contains("unreachable") || state(&hsm).contains("unavailable"), "{}", state(&hsm));
+    // The token comes back; it took its sessions and the login with it when it went.
+    let logins = calls(&log, "C_Login");
+    fault(&control, "");
+    assert_eq!(sign(&hsm).0, 0, "recovered by itself");
+    assert_eq!(calls(&log, "C_Login"), logins + 1, "logged in again, once");
+    assert_eq!(sign(&hsm).0, 0);
+    assert_eq!(state(&hsm), "logged_in");
+}
+
+#[test]
+fn a_pin_the_token_rejects_on_relogin_is_never_tried_again() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    assert_eq!(sign(&hsm).0, 0);
+    // The sessions go, and the token refuses the PIN now (someone changed it meanwhile).
+    fault(&control, "close_all pin_incorrect");
+    let (code, _, err) = sign(&hsm);
+    assert_eq!(code, 5);
+    assert!(err.contains("rejected the PIN") && err.contains("will not be retried"), "{err}");
+    assert_eq!(calls(&log, "C_Login"), 2);
+    for _ in 0..3 {
+        let (code, _, err) = sign(&hsm);
+        assert_eq!(code, 5);
+        assert!(err.contains("does not log in again by itself"), "{err}");
+    }
+    fault(&control, "");
+    assert_eq!(sign(&hsm).0, 5, "even with the token fine again, the agent does not try the PIN");
+    assert_eq!(calls(&log, "C_Login"), 2, "the rejected PIN was tried once");
+    // A person gives the PIN again.
+    let (code, _, err) = run(hsm.cli().arg("unlock").arg("--pin-file").arg(&hsm.pin_file));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sign(&hsm).0, 0);
+}
+
+#[test]
+fn a_hanging_token_does_not_stop_other_requests() {
+    let hsm = Hsm::new();
+    let (_agent, control, _) = faulty_agent(&hsm, &["--sessions", "2"]);
+    fault(&control, "hang 3000");
+    let slow = std::thread::spawn({
+        let mut command = hsm.cli();
+        command.args(["sign", "--key", KEY, "--fresh"]);
+        move || run(&mut command)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // status and keys go to the other session while the first waits on the token.
+    assert_eq!(run(hsm.cli().args(["status"])).0, 0);
+    assert_eq!(run(hsm.cli().args(["keys"])).0, 0);
+    assert!(!slow.is_finished(), "the hang did not happen, so this proves nothing");
+    fault(&control, "");
+    let (code, token, err) = slow.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    verify_p256(token.trim(), &hsm.public_pem(KEY));
+}
+
+#[test]
+fn a_token_absent_at_start_is_a_clear_error() {
+    let hsm = Hsm::new();
+    let control = hsm.path("fault");
+    std::fs::write(&control, "removed").unwrap();
+    let mut command = hsm.daemon_with(&faulty_module(), &hsm.socket());
+    command.env("FAULTY_PKCS11_MODULE", &hsm.module).env("FAULTY_PKCS11_CONTROL", &control);
+    let (code, _, err) = run(&mut command);
+    assert_eq!(code, 5);
+    assert!(err.contains("no token matches") && err.contains("tokens present: none"), "{err}");
+    assert!(!hsm.socket().exists());
+}
