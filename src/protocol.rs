@@ -365,6 +365,13 @@ pub fn decode_request(line: &[u8]) -> Incoming {
         }
     };
     let id = object.get("id").cloned();
+    // An id is echoed to be matched, so it must come back exactly: a string or an integer.
+    if let Some(bad) =
+        id.as_ref().filter(|id| !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null()))
+    {
+        let message = format!("`id` must be a string or an integer, not {bad}");
+        return Incoming::error(None, WireError::bad_request(message));
+    }
     let op = match object.get("op") {
         Some(Value::String(op)) => op.as_str(),
         Some(_) => return Incoming::error(id, WireError::bad_request("`op` must be a string")),

@@ -66,6 +66,20 @@ fn hostile_lines_get_error_answers_and_the_connection_goes_on() {
         ),
         (json!({"op": "sign_input", "key": "", "input": good_input()}).to_string(), "unknown_key"),
         (json!({"op": "sign", "key": "nope"}).to_string(), "unknown_key"),
+        (json!({"op": "sign_input", "key": "asc\u{0}x", "input": good_input()}).to_string(), "unknown_key"),
+        (json!({"op": "sign_input", "key": "k".repeat(5000), "input": good_input()}).to_string(), "unknown_key"),
+        (json!({"op": "sign_input", "key": "pkcs11:object=%zz", "input": good_input()}).to_string(), "bad_request"),
+        (json!({"op": "sign", "key": KEY, "fresh": "yes"}).to_string(), "bad_request"),
+        (json!({"op": "sign", "key": KEY, "ttl": 1200}).to_string(), "bad_request"),
+        (json!({"op": "pubkey", "key": KEY, "format": "xml"}).to_string(), "bad_request"),
+        (json!({"op": "pubkey", "format": "pem"}).to_string(), "bad_request"),
+        (json!({"op": "import", "pkcs8_pem": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", "label": "x"}).to_string(), "bad_request"),
+        (json!({"op": "import", "pkcs8_pem": "not pem", "label": "x"}).to_string(), "bad_request"),
+        (json!({"op": "generate", "label": "x", "alg": "none"}).to_string(), "bad_request"),
+        (json!({"op": "generate", "label": "x", "alg": "RS256", "bits": 512}).to_string(), "bad_request"),
+        (json!({"op": "unlock"}).to_string(), "bad_request"),
+        (json!({"op": "unlock", "pin": "123456"}).to_string(), "bad_request"),
+        ("{\"op\":\"keys\",\"id\":123456789012345678901234567890}".into(), "bad_request"),
     ];
     for (line, code) in &cases {
         let answer = conn.ask(line);
