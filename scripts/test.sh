@@ -31,6 +31,8 @@ missing=()
 { command -v pkcs11-tool && find_spy; } >/dev/null || missing+=(opensc)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v socat >/dev/null || missing+=(socat)
+command -v cc >/dev/null || missing+=(gcc) # builds the fault-injecting PKCS#11 module of the tests
+command -v setpriv >/dev/null || missing+=(util-linux)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
     install=(apt-get install -y --no-install-recommends "${missing[@]}")
