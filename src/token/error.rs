@@ -69,7 +69,7 @@ pub enum TokenError {
     },
     /// The token rejected the PIN earlier; the agent will not log in by itself again.
     #[error(
-        "the token rejected the PIN before, so the agent does not log in again by itself; restart it with the right PIN"
+        "the token rejected the PIN before, so the agent does not log in again by itself; give it the right PIN with `jwt-agent unlock`"
     )]
     PinRejectedBefore,
     /// No private key with that label.
