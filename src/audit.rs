@@ -55,6 +55,10 @@ pub enum Outcome {
 /// One audit line.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Record {
+    /// Whether anything is audited: without an audit log the record stays empty, and costs
+    /// nothing on the request path.
+    #[serde(skip)]
+    pub enabled: bool,
     /// When, RFC 3339 UTC.
     pub time: String,
     /// The op, when the request got that far.
@@ -94,9 +98,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record for a request from `peer`.
-    pub fn new(peer: &Peer) -> Record {
+    /// A record for a request from `peer`; an empty one when nothing is audited.
+    pub fn new(peer: &Peer, enabled: bool) -> Record {
+        if !enabled {
+            return Record::default();
+        }
         Record {
+            enabled,
             time: crate::log::rfc3339(std::time::SystemTime::now()),
             uid: peer.uid,
             pid: peer.pid,
@@ -107,6 +115,9 @@ impl Record {
 
     /// Notes the token's header, claims and signing input.
     pub fn token(&mut self, header: &Map<String, Value>, claims: &Map<String, Value>, input: &str) {
+        if !self.enabled {
+            return;
+        }
         self.alg = header.get("alg").cloned();
         self.kid = header.get("kid").cloned();
         self.iss = claims.get("iss").cloned();

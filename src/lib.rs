@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod audit;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -1,5 +1,6 @@
 //! The command line: one binary for the daemon and its client commands.
 
+mod bench;
 mod daemon;
 mod keys;
 mod output;
@@ -51,6 +52,8 @@ enum Command {
     Status(ListArgs),
     /// Log the agent out of the token and make it forget the PIN; it signs nothing until unlock
     Lock(SocketArgs),
+    /// Load the agent with N connections of sign requests; --direct compares with the raw token
+    Bench(bench::BenchArgs),
     /// Log the agent in again: prompts for the PIN, or reads --pin-file
     Unlock(UnlockArgs),
 }
@@ -215,6 +218,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Import(args) => keys::import(args),
         Command::Generate(args) => keys::generate(args),
         Command::Verify(args) => keys::verify(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Lock(args) => {
             connect(&args)?.lock()?;
             print_line("The agent is locked: it is logged out and has forgotten the PIN.")

@@ -99,7 +99,7 @@ impl Agent {
     pub async fn handle(&self, line: &[u8], peer: &Peer) -> Vec<u8> {
         let incoming = protocol::decode_request(line);
         let id = incoming.id.as_ref();
-        let mut record = Record::new(peer);
+        let mut record = Record::new(peer, self.audit.is_some());
         let result = match incoming.request {
             Ok(request) => self.dispatch(request, peer, &mut record).await,
             Err(error) => Err(error),
@@ -200,7 +200,11 @@ impl Agent {
     /// The one answer a peer the policy does not admit gets before the connection closes.
     pub fn forbidden(&self, peer: &Peer) -> Vec<u8> {
         let message = format!("uid {} may not use this agent", peer.uid);
-        self.refuse(None, &WireError::new(ErrorCode::Forbidden, message), Record::new(peer))
+        self.refuse(
+            None,
+            &WireError::new(ErrorCode::Forbidden, message),
+            Record::new(peer, self.audit.is_some()),
+        )
     }
 
     /// The one answer a client over the connection limit gets.
@@ -212,7 +216,11 @@ impl Agent {
     /// The answer to a line longer than the protocol allows.
     pub fn too_large(&self, peer: &Peer) -> Vec<u8> {
         let message = format!("the request is longer than {} bytes", protocol::MAX_LINE);
-        self.refuse(None, &WireError::new(ErrorCode::TooLarge, message), Record::new(peer))
+        self.refuse(
+            None,
+            &WireError::new(ErrorCode::TooLarge, message),
+            Record::new(peer, self.audit.is_some()),
+        )
     }
 
     /// Writes a decision to the audit log. On failure nothing may be handed out: the caller

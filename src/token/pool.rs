@@ -1,22 +1,21 @@
 //! The session pool: N worker threads, each owning one PKCS#11 session (a `Session` is `Send`
 //! but not `Sync`, so one session never serves two threads). The async side hands them jobs
-//! over a bounded channel and awaits the answer; no PKCS#11 call runs on the reactor.
+//! over a shared queue and awaits the answer; no PKCS#11 call runs on the reactor. The queue
+//! needs no bound of its own: each connection has at most one request in flight, and the
+//! connections are capped.
 
 use super::{Token, TokenError};
 use cryptoki::session::Session;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-
-/// Jobs that may wait for a worker; beyond this, callers wait before queueing.
-const QUEUE_PER_SESSION: usize = 64;
 
 /// A fixed set of sessions on one token, each used by one blocking worker thread at a time.
 pub struct Pool {
     token: Arc<Token>,
-    jobs: mpsc::Sender<Job>,
+    jobs: crossbeam_channel::Sender<Job>,
     workers: Vec<JoinHandle<Option<Session>>>,
 }
 
@@ -35,8 +34,7 @@ impl Pool {
         for _ in 1..size {
             sessions.push(token.open_session()?);
         }
-        let (jobs, receiver) = mpsc::channel::<Job>(size * QUEUE_PER_SESSION);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
         let mut workers = Vec::with_capacity(size);
         for (n, session) in sessions.into_iter().enumerate() {
             let worker = Worker { token: token.clone(), session: Some(session) };
@@ -73,7 +71,7 @@ impl Pool {
             // The caller may have gone away; its answer is then dropped.
             let _ = reply.send(worker.call(&f));
         });
-        self.jobs.send(job).await.map_err(|_| TokenError::ShuttingDown)?;
+        self.jobs.send(job).map_err(|_| TokenError::ShuttingDown)?;
         answer.await.map_err(|_| TokenError::ShuttingDown)?
     }
 
@@ -94,16 +92,13 @@ impl Pool {
 }
 
 impl Worker {
-    fn run(mut self, jobs: &Mutex<mpsc::Receiver<Job>>) -> Option<Session> {
-        loop {
-            // Holding the lock while waiting is what makes this a shared queue: the next
-            // idle worker takes the next job.
-            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
-            match job {
-                Some(job) => job(&mut self),
-                None => return self.session.take(),
-            }
+    fn run(mut self, jobs: &crossbeam_channel::Receiver<Job>) -> Option<Session> {
+        // The next idle worker takes the next job; when the pool shuts down, the queue is
+        // drained first.
+        while let Ok(job) = jobs.recv() {
+            job(&mut self);
         }
+        self.session.take()
     }
 
     fn call<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {

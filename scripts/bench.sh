@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Reproduces the numbers of docs/performance.md on this machine, end to end, on a fresh SoftHSM
+# token: `jwt-agent bench --direct` at 1, 2, 4, 8, 16 and 64 connections, a cache hit, the
+# one-shot CLI against a shell pipeline of openssl + pkcs11-tool and against a PyJWT script
+# signing with the .p8 in process, and the daemon's memory before and after 100,000 signatures.
+# It rewrites docs/performance.md. Usage: ./scripts/bench.sh [SECONDS_PER_POINT] (default 5)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+seconds=${1:-5}
+
+step() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+missing=()
+command -v softhsm2-util >/dev/null || missing+=(softhsm2)
+command -v pkcs11-tool >/dev/null || missing+=(opensc)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: sudo apt-get install ${missing[*]}"
+    step "installing ${missing[*]}"
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+fi
+python3 -c 'import jwt, cryptography' 2>/dev/null ||
+    python3 -m pip install --quiet PyJWT cryptography 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages PyJWT cryptography
+
+module=""
+for f in /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so; do
+    [ -f "$f" ] && { module=$f; break; }
+done
+[ -n "$module" ] || die "libsofthsm2.so not found"
+
+step "cargo build --release"
+cargo build --release >&2
+
+work=$(mktemp -d)
+trap 'target/release/jwt-agent stop --socket "$work/run/agent.sock" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+mkdir -p "$work/tokens"
+sed "s|@TOKENDIR@|$work/tokens|" softhsm/softhsm2.conf.in >"$work/softhsm2.conf"
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+printf '123456' >"$work/pin"
+chmod 600 "$work/pin"
+softhsm2-util --init-token --free --label bench --pin 123456 --so-pin 654321 >/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/AuthKey_BENCHKEY01.p8" 2>/dev/null
+
+step "starting the agent on a fresh SoftHSM token"
+eval "$(target/release/jwt-agent start --module "$module" --token bench --pin-file "$work/pin" \
+    --socket "$work/run/agent.sock")" >&2
+target/release/jwt-agent import "$work/AuthKey_BENCHKEY01.p8" >/dev/null
+
+step "measuring (${seconds}s per point)"
+python3 scripts/bench_report.py --module "$module" --work "$work" --seconds "$seconds" \
+    --out docs/performance.md
+step "wrote docs/performance.md"

@@ -1,0 +1,253 @@
+//! The load generator behind `jwt-agent bench`: N connections, each a closed loop of
+//! `sign_input` requests, and the same signatures made straight on the token in this process
+//! (`--direct`), in interleaved slices of one run so that both see the same machine.
+
+use crate::client::ClientError;
+use crate::jose::{self, Alg};
+use crate::protocol::Request;
+use crate::token::Token;
+use crate::token::TokenError;
+use cryptoki::types::AuthPin;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one side of the comparison achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Signatures per second.
+    pub rate: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Worst latency.
+    pub max_ms: f64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Requests made.
+    pub requests: u64,
+}
+
+/// Latencies (microseconds) and time spent, gathered over slices.
+#[derive(Debug, Default)]
+pub struct Samples {
+    latencies: Vec<u32>,
+    errors: u64,
+    busy: Duration,
+}
+
+impl Samples {
+    /// These samples and `other`'s together.
+    pub fn merged(mut self, other: Samples) -> Samples {
+        self.add(other);
+        self
+    }
+
+    fn add(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.busy += other.busy;
+    }
+
+    /// The rate and percentiles of what was gathered.
+    pub fn stats(mut self) -> Stats {
+        self.latencies.sort_unstable();
+        let n = self.latencies.len();
+        let at = |q: f64| {
+            if n == 0 {
+                0.0
+            } else {
+                f64::from(self.latencies[((n as f64 * q) as usize).min(n - 1)]) / 1000.0
+            }
+        };
+        let seconds = self.busy.as_secs_f64();
+        Stats {
+            rate: if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: self.latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+            errors: self.errors,
+            requests: n as u64 + self.errors,
+        }
+    }
+}
+
+/// Signing input for a key of `alg`: what the load signs, over and over.
+pub fn signing_input(alg: Alg) -> String {
+    let mut header = Map::new();
+    header.insert("alg".into(), Value::from(alg.name()));
+    header.insert("typ".into(), Value::from("JWT"));
+    let mut claims = Map::new();
+    claims.insert("iss".into(), Value::from("jwt-agent bench"));
+    claims.insert("iat".into(), Value::from(jose::now()));
+    jose::encode_signing_input(&header, &claims)
+}
+
+/// One slice of agent load: `connections` closed loops of `request` for `duration`. Like
+/// redis-benchmark, the client does as little as it can: the request line is encoded once, and
+/// an answer is checked for `{"ok":true`, not parsed, so that the load generator takes as little
+/// of the machine as it can from the agent it measures.
+pub fn agent_slice(
+    socket: &Path,
+    connections: usize,
+    duration: Duration,
+    request: &Request,
+) -> Result<Samples, ClientError> {
+    let line = crate::protocol::encode_request(None, request).map_err(std::io::Error::other)?;
+    let unreachable = |source| ClientError::Unreachable { path: socket.to_path_buf(), source };
+    let streams = (0..connections)
+        .map(|_| UnixStream::connect(socket).map_err(unreachable))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let line = line.clone();
+            spawn("bench-client", move || {
+                let mut samples = Samples::default();
+                let (Ok(mut writer), mut reader) = (stream.try_clone(), BufReader::new(stream)) else {
+                    return samples;
+                };
+                let mut answer = Vec::with_capacity(1024);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    answer.clear();
+                    let done = writer.write_all(&line).and_then(|()| reader.read_until(b'\n', &mut answer));
+                    match done {
+                        Ok(_) if answer.starts_with(br#"{"ok":true"#) => {
+                            samples.latencies.push(micros(sent.elapsed()))
+                        }
+                        Ok(0) | Err(_) => {
+                            samples.errors += 1;
+                            break;
+                        }
+                        Ok(_) => samples.errors += 1,
+                    }
+                }
+                samples
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut all = Samples::default();
+    for thread in threads {
+        all.add(thread.join().unwrap_or_default());
+    }
+    all.busy = started.elapsed();
+    Ok(all)
+}
+
+/// The token opened in this process, with its sessions, for `--direct`.
+pub struct Direct {
+    token: Arc<Token>,
+    sessions: Vec<cryptoki::session::Session>,
+    key: String,
+    input: String,
+    alg: Alg,
+}
+
+impl Direct {
+    /// Opens `token` in `module` with `pin`, and `threads` sessions.
+    pub fn open(
+        module: &Path,
+        token: &str,
+        pin: AuthPin,
+        threads: usize,
+        key: &str,
+        alg: Alg,
+    ) -> Result<Direct, TokenError> {
+        let (token, first) = Token::open(module, token, pin)?;
+        let mut sessions = vec![first];
+        for _ in 1..threads.max(1) {
+            sessions.push(token.open_session()?);
+        }
+        Ok(Direct { token: Arc::new(token), sessions, key: key.to_owned(), input: signing_input(alg), alg })
+    }
+
+    /// One slice: each session signs in a closed loop on its own thread for `duration`, the
+    /// same way a daemon worker does (key lookup, hash, `C_Sign`), with no agent in between.
+    pub fn slice(&mut self, duration: Duration) -> std::io::Result<Samples> {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let sessions = std::mem::take(&mut self.sessions);
+        let threads: Vec<_> = sessions
+            .into_iter()
+            .map(|session| {
+                let (token, key, input, alg) =
+                    (self.token.clone(), self.key.clone(), self.input.clone(), self.alg);
+                spawn("bench-direct", move || {
+                    let mut samples = Samples::default();
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let signed = token
+                            .key(&session, &key)
+                            .and_then(|k| token.sign(&session, &k, alg, input.as_bytes()));
+                        match signed {
+                            Ok(signature) => {
+                                std::hint::black_box(jose::compact(&input, &signature));
+                                samples.latencies.push(micros(sent.elapsed()));
+                            }
+                            Err(_) => samples.errors += 1,
+                        }
+                    }
+                    (session, samples)
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut all = Samples::default();
+        for thread in threads {
+            if let Ok((session, samples)) = thread.join() {
+                self.sessions.push(session);
+                all.add(samples);
+            }
+        }
+        all.busy = started.elapsed();
+        Ok(all)
+    }
+}
+
+/// A named thread, so that a profile tells the load generator from the agent.
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Where `--direct` finds the token: what the agent's `status` says.
+#[derive(Debug, Clone)]
+pub struct TokenPlace {
+    /// The module path.
+    pub module: PathBuf,
+    /// The token label.
+    pub token: String,
+    /// The agent's session count.
+    pub sessions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let samples = Samples {
+            latencies: (1..=100).map(|ms| ms * 1000).collect(),
+            errors: 2,
+            busy: Duration::from_secs(2),
+        };
+        let stats = samples.stats();
+        assert_eq!(stats.rate, 50.0);
+        assert_eq!((stats.p50_ms, stats.p99_ms, stats.max_ms), (51.0, 100.0, 100.0));
+        assert_eq!((stats.errors, stats.requests), (2, 102));
+    }
+}
