@@ -33,6 +33,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v socat >/dev/null || missing+=(socat)
 command -v cc >/dev/null || missing+=(gcc) # builds the fault-injecting PKCS#11 module of the tests
 command -v setpriv >/dev/null || missing+=(util-linux)
+{ command -v systemd-socket-activate && command -v systemd-analyze; } >/dev/null || missing+=(systemd)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
     install=(apt-get install -y --no-install-recommends "${missing[@]}")

@@ -16,6 +16,32 @@ pub struct Config {
     /// Per-key defaults and policy, by key label.
     #[serde(default)]
     pub keys: BTreeMap<String, KeyPolicy>,
+    /// Files the daemon keeps holding a valid token, for tools that read one from a file.
+    #[serde(default)]
+    pub sinks: Vec<Sink>,
+}
+
+/// `[[sinks]]`: a file kept holding a valid token, renewed before it expires, replaced
+/// atomically, mode 0600 (as Vault Agent's sinks are).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    /// The key, as `sign --key` takes it.
+    pub key: String,
+    /// The file.
+    pub path: PathBuf,
+    /// A preset, as `sign --preset` takes it.
+    #[serde(default, deserialize_with = "preset")]
+    pub preset: Option<Preset>,
+    /// The lifetime, as `sign --ttl` takes it.
+    #[serde(default, deserialize_with = "ttl_text")]
+    pub ttl: Option<String>,
+    /// Header members, as `sign --header`.
+    #[serde(default)]
+    pub header: serde_json::Map<String, serde_json::Value>,
+    /// Claims, as `sign --claim`.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `[daemon]`: what the flags of `jwt-agent daemon` say.
@@ -80,6 +106,11 @@ fn presets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Preset>>, D::Er
     names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect::<Result<_, _>>().map(Some)
 }
 
+fn ttl_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::duration::parse(&text).map(|_| Some(text)).map_err(serde::de::Error::custom)
+}
+
 fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let text = String::deserialize(d)?;
     crate::duration::parse(&text).map(|d| Some(d.as_secs())).map_err(serde::de::Error::custom)
@@ -94,7 +125,12 @@ impl Config {
             toml::from_str(&text).map_err(|e| format!("the config {} is not valid: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let d = &mut config.daemon;
-        for file in [&mut d.module, &mut d.pin_file, &mut d.socket, &mut d.audit_log].into_iter().flatten() {
+        let sinks = config.sinks.iter_mut().map(|s| &mut s.path);
+        for file in [&mut d.module, &mut d.pin_file, &mut d.socket, &mut d.audit_log]
+            .into_iter()
+            .flatten()
+            .chain(sinks)
+        {
             if file.is_relative() {
                 *file = base.join(&*file);
             }

@@ -71,6 +71,7 @@ impl DaemonArgs {
             lock_after: self.lock_after.or(d.lock_after).map(Duration::from_secs),
             max_connections: self.max_connections.or(d.max_connections).map_or(MAX_CONNECTIONS, usize::from),
             read_timeout: self.read_timeout.or(d.read_timeout).map_or(READ_TIMEOUT, Duration::from_secs),
+            sinks: config.sinks.clone(),
         };
         let path = path.as_deref().map(absolute).transpose()?;
         Ok((options, path))

@@ -54,8 +54,29 @@ enum Command {
     Lock(SocketArgs),
     /// Load the agent with N connections of sign requests; --direct compares with the raw token
     Bench(bench::BenchArgs),
+    /// Run a command with a fresh token in an environment variable
+    Exec(ExecArgs),
+    /// Print shell completions: bash, zsh, fish, elvish or powershell
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
     /// Log the agent in again: prompts for the PIN, or reads --pin-file
     Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    sign: SignArgs,
+    /// The variable that gets the token
+    #[arg(long, value_name = "VAR", default_value = "JWT")]
+    env: String,
+    /// The command, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +240,20 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Generate(args) => keys::generate(args),
         Command::Verify(args) => keys::verify(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Exec(args) => exec(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "jwt-agent", &mut script);
+            print_line(String::from_utf8_lossy(&script).trim_end())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut page)
+                .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot render the man page: {e}")))?;
+            print_line(String::from_utf8_lossy(&page).trim_end())
+        }
         Command::Lock(args) => {
             connect(&args)?.lock()?;
             print_line("The agent is locked: it is logged out and has forgotten the PIN.")
@@ -238,6 +273,21 @@ fn run(command: Command) -> Result<(), Failure> {
             print_line(&output::status(&status, args.json))
         }
     }
+}
+
+/// `jwt-agent exec`: sign, then replace this process with the command, the token in its
+/// environment (never on its command line, where `ps` would show it).
+fn exec(args: ExecArgs) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    if args.env.is_empty() || args.env.contains('=') || args.env.contains('\0') {
+        return Err(Failure::usage(format!("--env wants a variable name, not {:?}", args.env)));
+    }
+    let mut client = connect(&args.sign.socket)?;
+    let token = client.sign(args.sign.into_request()?)?.token;
+    let (program, rest) =
+        args.command.split_first().ok_or_else(|| Failure::usage("give the command after --"))?;
+    let error = std::process::Command::new(program).args(rest).env(&args.env, token).exec();
+    Err(Failure::new(127, format!("cannot run {}: {error}", program.to_string_lossy())))
 }
 
 pub(crate) fn connect(args: &SocketArgs) -> Result<Client, Failure> {

@@ -104,7 +104,9 @@ pub fn stop(socket: Option<&Path>) -> Result<(), Failure> {
     let socket = paths::socket_path(socket);
     let pid = Client::connect(&socket)?.stop()?;
     let deadline = Instant::now() + WAIT;
-    while socket.exists() {
+    // The daemon removes its socket as it goes; one systemd passed it stays, so the process
+    // itself is watched too.
+    while socket.exists() && !process_gone(pid) {
         if Instant::now() > deadline {
             return Err(Failure::new(
                 EXIT_OTHER,
@@ -144,6 +146,17 @@ fn daemon_command(options: &Options, config: Option<&Path>) -> Result<Command, F
     command.arg("--max-connections").arg(options.max_connections.to_string());
     command.arg("--read-timeout").arg(format!("{}s", options.read_timeout.as_secs()));
     Ok(command)
+}
+
+/// Whether process `pid` has ended (an unreaped zombie counts as ended).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) if Path::new("/proc/self").exists() => true,
+        // No /proc (macOS): ask the kernel. SAFETY: signal 0 only checks that the process exists.
+        Err(_) => (unsafe { libc::kill(pid as libc::pid_t, 0) }) != 0,
+    }
 }
 
 /// Quotes a path for sh when it holds anything but safe characters.

@@ -192,6 +192,25 @@ impl Agent {
         crate::jose::now().saturating_sub(self.last_used.load(Ordering::Relaxed))
     }
 
+    /// Signs for the daemon itself (a token sink), under its own uid and audited as such.
+    pub(super) async fn sign_as_daemon(&self, request: protocol::SignRequest) -> Result<String, WireError> {
+        let peer = Peer {
+            uid: crate::paths::euid(),
+            pid: i32::try_from(std::process::id()).ok(),
+            exe: Some("jwt-agent (token sink)".into()),
+        };
+        let mut record = Record::new(&peer, self.audit.is_some());
+        record.op = Some("sign");
+        match self.sign(request, &peer, &mut record).await {
+            Ok(result) => Ok(result.token),
+            Err(error) => {
+                // Answered to no one, but counted and audited like any refusal.
+                let _ = self.refuse(None, &error, record);
+                Err(error)
+            }
+        }
+    }
+
     /// Tells every connection to stop after the request it is on.
     pub fn request_stop(&self) {
         self.stop.send_replace(true);

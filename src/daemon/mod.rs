@@ -4,6 +4,8 @@ mod connection;
 mod handler;
 mod listener;
 mod signing;
+mod sinks;
+mod systemd;
 
 pub use handler::Agent;
 
@@ -48,6 +50,8 @@ pub struct Options {
     pub max_connections: usize,
     /// How long a client may take to finish a request line it started.
     pub read_timeout: Duration,
+    /// Files to keep holding a valid token.
+    pub sinks: Vec<crate::config::Sink>,
 }
 
 /// Default for [`Options::max_connections`].
@@ -75,8 +79,13 @@ impl DaemonError {
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or a `stop` request.
 pub fn run(options: Options) -> Result<(), DaemonError> {
-    // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
-    listener::check_free(&options.socket).map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    // A socket systemd passed is used as it is; it stays when the daemon stops.
+    let passed = systemd::passed_listener().map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    if passed.is_none() {
+        // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
+        listener::check_free(&options.socket).map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    }
+    let activated = passed.is_some();
     let audit = match &options.audit_log {
         Some(path) => {
             let log = AuditLog::open(path).map_err(|e| {
@@ -108,18 +117,42 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit, stop_tx));
     let served = runtime.block_on(async {
-        let listener = listener::bind(&options.socket)?;
-        crate::info!("listening on {}", options.socket.display());
+        let listener = match passed {
+            Some(listener) => {
+                let listener = UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+                let path =
+                    listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+                crate::info!(
+                    "listening on {} (passed by systemd)",
+                    path.as_deref().unwrap_or("a passed socket")
+                );
+                listener
+            }
+            None => {
+                let listener = listener::bind(&options.socket)?;
+                crate::info!("listening on {}", options.socket.display());
+                listener
+            }
+        };
+        systemd::notify("READY=1");
         let limits = Limits { max_connections: options.max_connections, read_timeout: options.read_timeout };
-        let idle_lock = options.lock_after.map(|after| tokio::spawn(lock_when_idle(agent.clone(), after)));
+        let mut tasks: Vec<_> = options
+            .lock_after
+            .map(|after| tokio::spawn(lock_when_idle(agent.clone(), after)))
+            .into_iter()
+            .collect();
+        tasks.extend(options.sinks.iter().map(|sink| tokio::spawn(sinks::keep(agent.clone(), sink.clone()))));
         serve(listener, agent.clone(), stop_rx, limits).await;
-        if let Some(task) = idle_lock {
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
         Ok::<(), String>(())
     });
-    listener::remove(&options.socket);
+    systemd::notify("STOPPING=1");
+    if !activated {
+        listener::remove(&options.socket);
+    }
     drop(runtime);
     match Arc::try_unwrap(agent) {
         Ok(agent) => agent.into_pool().shutdown(),
