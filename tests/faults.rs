@@ -158,3 +158,30 @@ fn a_token_absent_at_start_is_a_clear_error() {
     assert!(err.contains("no token matches") && err.contains("tokens present: none"), "{err}");
     assert!(!hsm.socket().exists());
 }
+
+#[test]
+fn a_pin_refused_at_a_context_login_is_not_tried_again() {
+    let hsm = Hsm::new();
+    let made = std::process::Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(&hsm.module)
+        .args(["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "piv9c"])
+        .args(["--id", "9c", "--always-auth"])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    let sign = || run(hsm.cli().args(["sign", "--key", "piv9c", "--fresh"]));
+    assert_eq!(sign().0, 0);
+    let logins = calls(&log, "C_Login");
+    // The PIN was changed behind the agent's back: the per-signature login is refused.
+    fault(&control, "pin_incorrect");
+    let (code, _, err) = sign();
+    assert_eq!(code, 5);
+    assert!(err.contains("rejected the PIN"), "{err}");
+    for _ in 0..3 {
+        assert_eq!(sign().0, 5);
+    }
+    assert_eq!(calls(&log, "C_Login"), logins + 1, "one refused try, then no more");
+}

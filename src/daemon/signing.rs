@@ -71,7 +71,10 @@ impl Agent {
             .transpose()
             .map_err(WireError::bad_request)?
             .map(|d| d.as_secs());
-        let cache_key = TokenCache::key(&key, preset, &header, &claims, ttl.as_deref());
+        // The key's default preset counts as given, so that `sign --key K` and
+        // `sign --key K --preset P` share their tokens.
+        let cached_preset = preset.or_else(|| self.policy.key(&key).and_then(|k| k.preset));
+        let cache_key = TokenCache::key(&key, cached_preset, &header, &claims, ttl.as_deref());
         let now = jose::now();
         if !fresh && let Some(entry) = cache_key.as_deref().and_then(|k| self.cache.get(k, now)) {
             // Shared across clients, so the asking uid is checked against the key's policy anew.

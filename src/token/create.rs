@@ -160,9 +160,22 @@ fn import(
     let made = session.create_object(&private);
     zeroize_template(&mut private);
     created.push(made?);
-    created.push(session.create_object(&public)?);
+    match session.create_object(&public) {
+        Ok(handle) => created.push(handle),
+        // Some tokens (a YubiHSM 2) keep a key pair as one object and show its public half by
+        // themselves, refusing a separate public object: then that public half serves.
+        Err(e) if public_exists(session, id) => {
+            crate::info!("the token made the public key of {label:?} itself ({e})");
+        }
+        Err(e) => return Err(e.into()),
+    }
     public.clear();
     Ok(())
+}
+
+fn public_exists(session: &Session, id: &[u8]) -> bool {
+    let template = [Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.to_vec())];
+    session.find_objects(&template).is_ok_and(|found| !found.is_empty())
 }
 
 /// Overwrites the secret values in a template once the token has them.

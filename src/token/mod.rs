@@ -263,9 +263,24 @@ impl Token {
                 .map_err(|e| TokenError::Other(e.clone()))?;
             let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
             let pin = pin.as_ref().ok_or(TokenError::Locked)?;
+            if self.pin_rejected.load(Ordering::SeqCst) {
+                return Err(TokenError::PinRejectedBefore);
+            }
             session.sign_init(&plan.mechanism, key.handle)?;
             // The PIN that logged in, once more for this one signature (CKA_ALWAYS_AUTHENTICATE).
-            session.login(UserType::ContextSpecific, Some(pin))?;
+            // A PIN changed behind the agent's back is refused here: remember that, or every
+            // signature would spend one more of the token's few tries.
+            match session.login(UserType::ContextSpecific, Some(pin)) {
+                Ok(()) => {}
+                Err(CkError::Pkcs11(
+                    rv @ (RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired),
+                    _,
+                )) => {
+                    self.pin_rejected.store(true, Ordering::SeqCst);
+                    return Err(TokenError::PinRejected { rv, counters: self.pin_counters() });
+                }
+                Err(e) => return Err(e.into()),
+            }
             raw.sign(session.handle(), &data, plan.signature_len)?
         } else {
             session.sign(&plan.mechanism, key.handle, &data)?
