@@ -10,8 +10,6 @@ use crate::token::TokenError;
 use cryptoki::types::AuthPin;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,57 +87,66 @@ pub fn signing_input(alg: Alg) -> String {
 }
 
 /// One slice of agent load: `connections` closed loops of `request` for `duration`. Like
-/// redis-benchmark, the client does as little as it can: the request line is encoded once, and
-/// an answer is checked for `{"ok":true`, not parsed, so that the load generator takes as little
-/// of the machine as it can from the agent it measures.
+/// redis-benchmark, the client does as little as it can: one thread drives every connection
+/// (a single-threaded tokio runtime), the request line is encoded once, and an answer is checked
+/// for `{"ok":true`, not parsed; so the load generator takes as little of the machine as it can
+/// from the agent it measures.
 pub fn agent_slice(
     socket: &Path,
     connections: usize,
     duration: Duration,
     request: &Request,
 ) -> Result<Samples, ClientError> {
-    let line = crate::protocol::encode_request(None, request).map_err(std::io::Error::other)?;
-    let unreachable = |source| ClientError::Unreachable { path: socket.to_path_buf(), source };
-    let streams = (0..connections)
-        .map(|_| UnixStream::connect(socket).map_err(unreachable))
-        .collect::<Result<Vec<_>, _>>()?;
-    let started = Instant::now();
-    let deadline = started + duration;
-    let threads: Vec<_> = streams
-        .into_iter()
-        .map(|stream| {
-            let line = line.clone();
-            spawn("bench-client", move || {
-                let mut samples = Samples::default();
-                let (Ok(mut writer), mut reader) = (stream.try_clone(), BufReader::new(stream)) else {
-                    return samples;
-                };
-                let mut answer = Vec::with_capacity(1024);
-                while Instant::now() < deadline {
-                    let sent = Instant::now();
-                    answer.clear();
-                    let done = writer.write_all(&line).and_then(|()| reader.read_until(b'\n', &mut answer));
-                    match done {
-                        Ok(_) if answer.starts_with(br#"{"ok":true"#) => {
-                            samples.latencies.push(micros(sent.elapsed()))
-                        }
-                        Ok(0) | Err(_) => {
-                            samples.errors += 1;
-                            break;
-                        }
-                        Ok(_) => samples.errors += 1,
-                    }
-                }
-                samples
-            })
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut all = Samples::default();
-    for thread in threads {
-        all.add(thread.join().unwrap_or_default());
+    let line: Arc<[u8]> =
+        crate::protocol::encode_request(None, request).map_err(std::io::Error::other)?.into();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut streams = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|source| ClientError::Unreachable { path: socket.to_path_buf(), source })?;
+            streams.push(stream);
+        }
+        let started = Instant::now();
+        let deadline = started + duration;
+        let loops: Vec<_> = streams
+            .into_iter()
+            .map(|stream| tokio::spawn(closed_loop(stream, line.clone(), deadline)))
+            .collect();
+        let mut all = Samples::default();
+        for one in loops {
+            all.add(one.await.unwrap_or_default());
+        }
+        all.busy = started.elapsed();
+        Ok(all)
+    })
+}
+
+/// One connection's closed loop: send, wait for the answer, again, until `deadline`.
+async fn closed_loop(stream: tokio::net::UnixStream, line: Arc<[u8]>, deadline: Instant) -> Samples {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut samples = Samples::default();
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut answer = Vec::with_capacity(1024);
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        answer.clear();
+        if write.write_all(&line).await.is_err() {
+            samples.errors += 1;
+            break;
+        }
+        match reader.read_until(b'\n', &mut answer).await {
+            Ok(_) if answer.starts_with(br#"{"ok":true"#) => samples.latencies.push(micros(sent.elapsed())),
+            Ok(0) | Err(_) => {
+                samples.errors += 1;
+                break;
+            }
+            Ok(_) => samples.errors += 1,
+        }
     }
-    all.busy = started.elapsed();
-    Ok(all)
+    samples
 }
 
 /// The token opened in this process, with its sessions, for `--direct`.
