@@ -80,7 +80,15 @@ cargo fmt --check
 step "cargo clippy --release --all-targets -- -D warnings"
 cargo clippy --release --all-targets -- -D warnings
 
-step "cargo test --release"
+step "cargo test --release (SoftHSM)"
 cargo test --release
+
+# The same integration tests against a second PKCS#11 implementation, so that token quirks show.
+step "building kryoptic, the second PKCS#11 implementation"
+kryoptic=$(./scripts/kryoptic.sh)
+step "cargo test --release (kryoptic: $kryoptic)"
+JWT_AGENT_TEST_BACKEND=kryoptic JWT_AGENT_TEST_MODULE=$kryoptic \
+    cargo test --release --test signing --test protocol --test keys --test apple --test policy \
+    --test lifecycle --test faults --test hardening --test ecosystem
 
 step "all tests passed"

@@ -167,7 +167,7 @@ fn a_pin_refused_at_a_context_login_is_not_tried_again() {
         .arg(&hsm.module)
         .args(["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "piv9c"])
         .args(["--id", "9c", "--always-auth"])
-        .env("SOFTHSM2_CONF", &hsm.conf)
+        .envs(hsm.conf_envs())
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));

@@ -228,7 +228,7 @@ fn the_pin_appears_in_nothing_the_agent_says() {
         .arg("--module")
         .arg(&hsm.module)
         .args(["--login", "--pin", PIN, "--change-pin", "--new-pin", secret_pin])
-        .env("SOFTHSM2_CONF", &hsm.conf)
+        .envs(hsm.conf_envs())
         .output()
         .unwrap();
     assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));

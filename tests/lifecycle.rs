@@ -168,7 +168,7 @@ fn start_prints_eval_lines_and_stop_ends_the_agent() {
     let script = format!("{out}\n{BIN} sign --key {KEY} --iss shell");
     let signed = Command::new("sh")
         .args(["-c", &script])
-        .env("SOFTHSM2_CONF", &hsm.conf)
+        .envs(hsm.conf_envs())
         .env_remove("JWT_AGENT_SOCK")
         .output()
         .unwrap();

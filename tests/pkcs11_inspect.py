@@ -16,6 +16,9 @@ objects = []
 with token.open(user_pin=pin) as session:
     for obj in session.get_objects():
         object_class = ObjectClass(obj[Attribute.CLASS])
+        # Some tokens list their mechanisms as objects too; only keys and data matter here.
+        if object_class not in (ObjectClass.DATA, ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY):
+            continue
         entry = {
             "class": object_class.name,
             "label": obj[Attribute.LABEL],

@@ -48,8 +48,55 @@ const PSS_ONLY: [MechanismType; 4] = [
     MechanismType::SHA512_RSA_PKCS_PSS,
 ];
 
+const ECDSA: &[MechanismType] = &[
+    MechanismType::ECDSA,
+    MechanismType::ECDSA_SHA256,
+    MechanismType::ECDSA_SHA384,
+    MechanismType::ECDSA_SHA512,
+];
+const RSA_SIGN: &[MechanismType] = &[
+    MechanismType::RSA_PKCS,
+    MechanismType::RSA_PKCS_PSS,
+    MechanismType::SHA256_RSA_PKCS,
+    MechanismType::SHA256_RSA_PKCS_PSS,
+];
+
+/// Refuses, before anything is created, a key the token could not sign with (or make): a clear
+/// "the token does not do EdDSA" beats a key nobody can use, or a bare CKR code.
+fn check_mechanisms(new: &NewKey, offered: &[MechanismType]) -> Result<(), TokenError> {
+    let (what, sign, generate): (&str, &[MechanismType], Option<MechanismType>) = match new {
+        NewKey::Import { key: PrivateKey::Ec { curve: Curve::Ed25519, .. }, .. } => {
+            ("EdDSA", &[MechanismType::EDDSA], None)
+        }
+        NewKey::Import { key: PrivateKey::Ec { .. }, .. } => ("ECDSA", ECDSA, None),
+        NewKey::Import { key: PrivateKey::Rsa(_), .. } => ("RSA signatures", RSA_SIGN, None),
+        NewKey::Generate { alg, .. } => match alg.family() {
+            Family::EdDsa => {
+                ("EdDSA", &[MechanismType::EDDSA], Some(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN))
+            }
+            Family::Ecdsa => ("ECDSA", ECDSA, Some(MechanismType::ECC_KEY_PAIR_GEN)),
+            Family::RsaPkcs1 | Family::RsaPss => {
+                ("RSA signatures", RSA_SIGN, Some(MechanismType::RSA_PKCS_KEY_PAIR_GEN))
+            }
+        },
+    };
+    if !sign.iter().any(|m| offered.contains(m)) {
+        return Err(TokenError::BadKey(format!(
+            "the token does not do {what} (it offers no {} mechanism)",
+            sign[0]
+        )));
+    }
+    if let Some(generate) = generate
+        && !offered.contains(&generate)
+    {
+        return Err(TokenError::BadKey(format!("the token cannot generate {what} keys (no {generate})")));
+    }
+    Ok(())
+}
+
 /// Creates the key; returns its label.
-pub fn create(session: &Session, new: &NewKey) -> Result<String, TokenError> {
+pub fn create(session: &Session, new: &NewKey, offered: &[MechanismType]) -> Result<String, TokenError> {
+    check_mechanisms(new, offered)?;
     let (label, id) = match new {
         NewKey::Import { key, label, id, kid: _ } => {
             (label, id.clone().unwrap_or_else(|| Sha256::digest(key.public().to_spki_der())[..8].to_vec()))

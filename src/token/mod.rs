@@ -294,7 +294,7 @@ impl Token {
     /// Creates a key on the token: imported from a file, or generated inside it.
     pub fn create(&self, new: &NewKey) -> Result<KeyInfo, TokenError> {
         let session = self.open_rw_session()?;
-        let label = create::create(&session, new)?;
+        let label = create::create(&session, new, &self.mechanisms)?;
         // A key of that label that was deleted behind the agent's back may still be cached.
         self.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&label);
         self.key(&session, &label).map(|key| key.info.clone())

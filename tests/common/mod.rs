@@ -21,6 +21,21 @@ fn first_existing(candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
+/// The PKCS#11 implementation the tests run against: SoftHSM, or with
+/// `JWT_AGENT_TEST_BACKEND=kryoptic` (and `JWT_AGENT_TEST_MODULE`) kryoptic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    SoftHsm,
+    Kryoptic,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("JWT_AGENT_TEST_BACKEND").as_deref() {
+        Ok("kryoptic") => Backend::Kryoptic,
+        _ => Backend::SoftHsm,
+    }
+}
+
 /// SoftHSM's PKCS#11 module: `$JWT_AGENT_TEST_MODULE`, else the usual Debian paths.
 pub fn softhsm_module() -> PathBuf {
     std::env::var_os("JWT_AGENT_TEST_MODULE").map(PathBuf::from).unwrap_or_else(|| {
@@ -55,17 +70,61 @@ pub struct Hsm {
 impl Hsm {
     pub fn new() -> Hsm {
         let dir = tempfile::Builder::new().prefix("jwt-agent-test").tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let template =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/softhsm2.conf.in"))
-                .unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(&conf, template.replace("@TOKENDIR@", tokens.to_str().unwrap())).unwrap();
         let pin_file = dir.path().join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        let hsm = Hsm { dir, conf, module: softhsm_module(), pin_file };
-        hsm.util(&["--init-token", "--free", "--label", TOKEN_LABEL, "--pin", PIN, "--so-pin", SO_PIN]);
+        let (conf, module) = match backend() {
+            Backend::SoftHsm => {
+                let tokens = dir.path().join("tokens");
+                std::fs::create_dir(&tokens).unwrap();
+                let template =
+                    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm/softhsm2.conf.in"))
+                        .unwrap();
+                let conf = dir.path().join("softhsm2.conf");
+                std::fs::write(&conf, template.replace("@TOKENDIR@", tokens.to_str().unwrap())).unwrap();
+                (conf, softhsm_module())
+            }
+            Backend::Kryoptic => {
+                let conf = dir.path().join("kryoptic.conf");
+                let db = dir.path().join("token.sql");
+                std::fs::write(
+                    &conf,
+                    format!("[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n", db.display()),
+                )
+                .unwrap();
+                let module = std::env::var_os("JWT_AGENT_TEST_MODULE")
+                    .map(PathBuf::from)
+                    .expect("JWT_AGENT_TEST_MODULE");
+                (conf, module)
+            }
+        };
+        let hsm = Hsm { dir, conf, module, pin_file };
+        match backend() {
+            Backend::SoftHsm => hsm.util(&[
+                "--init-token",
+                "--free",
+                "--label",
+                TOKEN_LABEL,
+                "--pin",
+                PIN,
+                "--so-pin",
+                SO_PIN,
+            ]),
+            Backend::Kryoptic => {
+                hsm.pkcs11_tool(&["--slot", "1", "--init-token", "--label", TOKEN_LABEL, "--so-pin", SO_PIN]);
+                hsm.pkcs11_tool(&[
+                    "--token-label",
+                    TOKEN_LABEL,
+                    "--login",
+                    "--login-type",
+                    "so",
+                    "--so-pin",
+                    SO_PIN,
+                    "--init-pin",
+                    "--pin",
+                    PIN,
+                ]);
+            }
+        }
         hsm.import_p256(KEY, "01");
         hsm
     }
@@ -74,10 +133,27 @@ impl Hsm {
         self.dir.path().join(name)
     }
 
+    /// The environment a PKCS#11 module of this token reads its configuration from.
+    pub fn conf_envs(&self) -> [(&'static str, &Path); 2] {
+        [("SOFTHSM2_CONF", self.conf.as_path()), ("KRYOPTIC_CONF", self.conf.as_path())]
+    }
+
     /// Runs softhsm2-util against this token folder.
     pub fn util(&self, args: &[&str]) {
-        let out = Command::new("softhsm2-util").args(args).env("SOFTHSM2_CONF", &self.conf).output().unwrap();
+        let out = Command::new("softhsm2-util").args(args).envs(self.conf_envs()).output().unwrap();
         assert!(out.status.success(), "softhsm2-util {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs OpenSC's pkcs11-tool on this token's module.
+    pub fn pkcs11_tool(&self, args: &[&str]) {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.module)
+            .args(args)
+            .envs(self.conf_envs())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pkcs11-tool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Makes a P-256 PKCS#8 key with openssl, puts it on the token, and returns the public PEM.
@@ -93,7 +169,44 @@ impl Hsm {
         let public = String::from_utf8(public.stdout).unwrap();
         std::fs::write(self.path(&format!("{label}.pub.pem")), &public).unwrap();
         let p8 = p8.to_str().unwrap().to_owned();
-        self.util(&["--import", &p8, "--token", TOKEN_LABEL, "--label", label, "--id", id, "--pin", PIN]);
+        match backend() {
+            Backend::SoftHsm => self.util(&[
+                "--import",
+                &p8,
+                "--token",
+                TOKEN_LABEL,
+                "--label",
+                label,
+                "--id",
+                id,
+                "--pin",
+                PIN,
+            ]),
+            Backend::Kryoptic => {
+                let der = self.path(&format!("{label}.pub.der"));
+                run_ok(
+                    Command::new("openssl")
+                        .args(["pkey", "-pubin", "-outform", "DER", "-out"])
+                        .arg(&der)
+                        .arg("-in")
+                        .arg(self.path(&format!("{label}.pub.pem"))),
+                );
+                let login = ["--token-label", TOKEN_LABEL, "--login", "--pin", PIN];
+                let object = ["--label", label, "--id", id];
+                self.pkcs11_tool(
+                    &[
+                        &login[..],
+                        &["--write-object", &p8, "--type", "privkey", "--usage-sign", "--sensitive"],
+                        &object,
+                    ]
+                    .concat(),
+                );
+                self.pkcs11_tool(
+                    &[&login[..], &["--write-object", der.to_str().unwrap(), "--type", "pubkey"], &object]
+                        .concat(),
+                );
+            }
+        }
         public
     }
 
@@ -110,7 +223,7 @@ impl Hsm {
     pub fn cli(&self) -> Command {
         let mut command = Command::new(BIN);
         command
-            .env("SOFTHSM2_CONF", &self.conf)
+            .envs(self.conf_envs())
             .env("JWT_AGENT_SOCK", self.socket())
             .env_remove("JWT_AGENT_PIN")
             .stdin(Stdio::null());
@@ -344,7 +457,7 @@ pub fn inspect(hsm: &Hsm) -> Vec<Value> {
         .arg(script)
         .arg(&hsm.module)
         .args([TOKEN_LABEL, PIN])
-        .env("SOFTHSM2_CONF", &hsm.conf)
+        .envs(hsm.conf_envs())
         .output()
         .unwrap();
     assert!(out.status.success(), "python-pkcs11: {}", String::from_utf8_lossy(&out.stderr));
