@@ -10,7 +10,7 @@ use crate::token::TokenError;
 use cryptoki::types::AuthPin;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,17 +228,6 @@ fn spawn<T: Send + 'static>(
 
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-/// Where `--direct` finds the token: what the agent's `status` says.
-#[derive(Debug, Clone)]
-pub struct TokenPlace {
-    /// The module path.
-    pub module: PathBuf,
-    /// The token label.
-    pub token: String,
-    /// The agent's session count.
-    pub sessions: usize,
 }
 
 #[cfg(test)]

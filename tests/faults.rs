@@ -162,15 +162,7 @@ fn a_token_absent_at_start_is_a_clear_error() {
 #[test]
 fn a_pin_refused_at_a_context_login_is_not_tried_again() {
     let hsm = Hsm::new();
-    let made = std::process::Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(&hsm.module)
-        .args(["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "piv9c"])
-        .args(["--id", "9c", "--always-auth"])
-        .envs(hsm.conf_envs())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    hsm.always_authenticate_key("piv9c", "9c");
     let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
     let sign = || run(hsm.cli().args(["sign", "--key", "piv9c", "--fresh"]));
     assert_eq!(sign().0, 0);

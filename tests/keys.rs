@@ -366,16 +366,7 @@ fn the_daemon_finds_its_token_by_serial_or_uri() {
 #[test]
 fn always_authenticate_keys_get_a_context_login_per_signature() {
     let hsm = Hsm::new();
-    // pkcs11-tool makes a key with CKA_ALWAYS_AUTHENTICATE, as a YubiKey's PIV slot 9c has.
-    let made = std::process::Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(&hsm.module)
-        .args(["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "piv9c"])
-        .args(["--id", "9c", "--always-auth"])
-        .envs(hsm.conf_envs())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    hsm.always_authenticate_key("piv9c", "9c");
     let key =
         inspect(&hsm).into_iter().find(|o| o["label"] == "piv9c" && o["class"] == "PRIVATE_KEY").unwrap();
     assert_eq!(key["always_authenticate"], true);

@@ -3,7 +3,7 @@
 //! signing only; a failure part-way destroys what was created.
 
 use super::TokenError;
-use super::keys::{self, KID_APPLICATION};
+use super::keys::{self, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
 use crate::jose::{Alg, Family};
 use crate::keyfile::PrivateKey;
 use crate::pubkey::{Curve, PublicKey};
@@ -40,44 +40,26 @@ pub enum NewKey {
     },
 }
 
-/// The mechanisms a key made for PS256/384/512 is limited to, so that its default is PSS.
-const PSS_ONLY: [MechanismType; 4] = [
-    MechanismType::RSA_PKCS_PSS,
-    MechanismType::SHA256_RSA_PKCS_PSS,
-    MechanismType::SHA384_RSA_PKCS_PSS,
-    MechanismType::SHA512_RSA_PKCS_PSS,
-];
-
 const ECDSA: &[MechanismType] = &[
     MechanismType::ECDSA,
     MechanismType::ECDSA_SHA256,
     MechanismType::ECDSA_SHA384,
     MechanismType::ECDSA_SHA512,
 ];
-const RSA_SIGN: &[MechanismType] = &[
-    MechanismType::RSA_PKCS,
-    MechanismType::RSA_PKCS_PSS,
-    MechanismType::SHA256_RSA_PKCS,
-    MechanismType::SHA256_RSA_PKCS_PSS,
-];
-
 /// Refuses, before anything is created, a key the token could not sign with (or make): a clear
 /// "the token does not do EdDSA" beats a key nobody can use, or a bare CKR code.
 fn check_mechanisms(new: &NewKey, offered: &[MechanismType]) -> Result<(), TokenError> {
-    let (what, sign, generate): (&str, &[MechanismType], Option<MechanismType>) = match new {
-        NewKey::Import { key: PrivateKey::Ec { curve: Curve::Ed25519, .. }, .. } => {
-            ("EdDSA", &[MechanismType::EDDSA], None)
-        }
-        NewKey::Import { key: PrivateKey::Ec { .. }, .. } => ("ECDSA", ECDSA, None),
-        NewKey::Import { key: PrivateKey::Rsa(_), .. } => ("RSA signatures", RSA_SIGN, None),
+    let eddsa = || ("EdDSA", vec![MechanismType::EDDSA]);
+    let ecdsa = || ("ECDSA", ECDSA.to_vec());
+    let rsa = || ("RSA signatures", [RSA_PKCS1, RSA_PSS].concat());
+    let ((what, sign), generate) = match new {
+        NewKey::Import { key: PrivateKey::Ec { curve: Curve::Ed25519, .. }, .. } => (eddsa(), None),
+        NewKey::Import { key: PrivateKey::Ec { .. }, .. } => (ecdsa(), None),
+        NewKey::Import { key: PrivateKey::Rsa(_), .. } => (rsa(), None),
         NewKey::Generate { alg, .. } => match alg.family() {
-            Family::EdDsa => {
-                ("EdDSA", &[MechanismType::EDDSA], Some(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN))
-            }
-            Family::Ecdsa => ("ECDSA", ECDSA, Some(MechanismType::ECC_KEY_PAIR_GEN)),
-            Family::RsaPkcs1 | Family::RsaPss => {
-                ("RSA signatures", RSA_SIGN, Some(MechanismType::RSA_PKCS_KEY_PAIR_GEN))
-            }
+            Family::EdDsa => (eddsa(), Some(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN)),
+            Family::Ecdsa => (ecdsa(), Some(MechanismType::ECC_KEY_PAIR_GEN)),
+            Family::RsaPkcs1 | Family::RsaPss => (rsa(), Some(MechanismType::RSA_PKCS_KEY_PAIR_GEN)),
         },
     };
     if !sign.iter().any(|m| offered.contains(m)) {
@@ -302,7 +284,7 @@ fn generate(
             ]);
             let mut private = private_template(label, id, KeyType::RSA);
             if alg.family() == Family::RsaPss {
-                private.push(Attribute::AllowedMechanisms(PSS_ONLY.to_vec()));
+                private.push(Attribute::AllowedMechanisms(RSA_PSS.to_vec()));
             }
             (Mechanism::RsaPkcsKeyPairGen, public, private)
         }

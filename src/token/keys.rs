@@ -68,13 +68,15 @@ impl Key {
     }
 }
 
-const RSA_PKCS1: &[MechanismType] = &[
+/// The RSA PKCS#1 v1.5 signing mechanisms.
+pub const RSA_PKCS1: &[MechanismType] = &[
     MechanismType::RSA_PKCS,
     MechanismType::SHA256_RSA_PKCS,
     MechanismType::SHA384_RSA_PKCS,
     MechanismType::SHA512_RSA_PKCS,
 ];
-const RSA_PSS: &[MechanismType] = &[
+/// The RSA PSS signing mechanisms (what a key made for PS256/384/512 is limited to).
+pub const RSA_PSS: &[MechanismType] = &[
     MechanismType::RSA_PKCS_PSS,
     MechanismType::SHA256_RSA_PKCS_PSS,
     MechanismType::SHA384_RSA_PKCS_PSS,

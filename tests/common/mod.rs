@@ -156,6 +156,13 @@ impl Hsm {
         assert!(out.status.success(), "pkcs11-tool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Generates a P-256 key pair on the token with `CKA_ALWAYS_AUTHENTICATE`, as a YubiKey's
+    /// PIV slot 9c has (OpenSC's pkcs11-tool makes it, independent of the agent).
+    pub fn always_authenticate_key(&self, label: &str, id: &str) {
+        let args = ["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", label];
+        self.pkcs11_tool(&[&args[..], &["--id", id, "--always-auth"]].concat());
+    }
+
     /// Makes a P-256 PKCS#8 key with openssl, puts it on the token, and returns the public PEM.
     pub fn import_p256(&self, label: &str, id: &str) -> String {
         let p8 = self.path(&format!("AuthKey_{label}.p8"));
