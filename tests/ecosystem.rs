@@ -129,3 +129,27 @@ fn the_client_library_speaks_to_the_agent() {
     let error = agent.sign_input("missing", &input).unwrap_err();
     assert_eq!(error.code(), Some(jwt_agent::ErrorCode::UnknownKey));
 }
+
+#[test]
+fn bench_runs_and_reports_the_specs_shape() {
+    // A smoke run, so the load generator keeps working; its numbers are not asserted here.
+    let hsm = Hsm::new();
+    let _agent = hsm.agent();
+    let (code, out, err) = run(hsm
+        .cli()
+        .args(["bench", "--connections", "2", "--seconds", "1", "--direct", "--json", "--pin-file"])
+        .arg(&hsm.pin_file));
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    for side in ["agent", "direct"] {
+        for field in ["rate", "p50_ms", "p99_ms", "max_ms"] {
+            assert!(report[side][field].as_f64().is_some(), "{side}.{field} in {report}");
+        }
+        assert!(report[side]["rate"].as_f64().unwrap() > 0.0);
+        assert_eq!(report[side]["errors"], 0);
+    }
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    let (code, out, _) = run(hsm.cli().args(["bench", "--connections", "1", "--seconds", "1", "--cached"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("cached sign") && out.contains("signatures/s"), "{out}");
+}
