@@ -40,13 +40,8 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// These samples and `other`'s together.
-    pub fn merged(mut self, other: Samples) -> Samples {
-        self.add(other);
-        self
-    }
-
-    fn add(&mut self, other: Samples) {
+    /// Takes `other`'s samples in.
+    pub fn add(&mut self, other: Samples) {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.busy += other.busy;

@@ -77,7 +77,7 @@ impl Request {
 
     /// Whether the request has a field `id` of its own, so that the envelope must not add one.
     pub fn has_own_id(&self) -> bool {
-        matches!(self, Request::Import(_) | Request::Generate(_))
+        Self::OWN_ID.contains(&self.op())
     }
 }
 

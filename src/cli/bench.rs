@@ -81,11 +81,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     while done < total {
         let this = slice.min(total - done);
         let samples = bench::agent_slice(&socket, usize::from(args.connections), this, &request)?;
-        agent_merge(&mut agent, samples);
+        agent.add(samples);
         if let Some(direct) = direct.as_mut() {
             let samples =
                 direct.slice(this).map_err(|e| Failure::new(EXIT_OTHER, format!("--direct: {e}")))?;
-            agent_merge(&mut raw, samples);
+            raw.add(samples);
         }
         done += this;
     }
@@ -108,11 +108,6 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
         lines.push(format!("ratio   {ratio:.2} (agent / direct)"));
     }
     print_line(&lines.join("\n"))
-}
-
-fn agent_merge(into: &mut Samples, samples: Samples) {
-    let taken = std::mem::take(into);
-    *into = taken.merged(samples);
 }
 
 fn line(name: &str, load: &str, s: &Stats) -> String {

@@ -168,7 +168,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     };
     let key =
         PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::jose::now();
     let preset = args.preset.as_deref().map(str::parse::<Preset>).transpose().map_err(Failure::usage)?;
     let verified = crate::verify::verify(&token, &key, now)
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
