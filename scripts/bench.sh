@@ -7,30 +7,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds=${1:-5}
-
-step() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 missing=()
 command -v softhsm2-util >/dev/null || missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
-if [ "${#missing[@]}" -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: sudo apt-get install ${missing[*]}"
-    step "installing ${missing[*]}"
-    apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
-fi
-python3 -c 'import jwt, cryptography' 2>/dev/null ||
-    python3 -m pip install --quiet PyJWT cryptography 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages PyJWT cryptography
+apt_install "${missing[@]}"
+python3 -c 'import jwt, cryptography' 2>/dev/null || pip_install PyJWT cryptography
 
-module=""
-for f in /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so; do
-    [ -f "$f" ] && { module=$f; break; }
-done
-[ -n "$module" ] || die "libsofthsm2.so not found"
+module=$(find_softhsm) || die "libsofthsm2.so not found"
 
 step "cargo build --release"
 cargo build --release >&2

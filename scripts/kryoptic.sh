@@ -4,15 +4,13 @@
 # About two minutes on two cores the first time; afterwards cargo finds it built.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 need=()
 for package in libssl-dev libsqlite3-dev libclang-dev pkg-config; do
     dpkg -s "$package" >/dev/null 2>&1 || need+=("$package")
 done
-if [ "${#need[@]}" -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || { echo "missing ${need[*]}: sudo apt-get install ${need[*]}" >&2; exit 1; }
-    apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
-fi
+apt_install "${need[@]}"
 cargo build --release --quiet --manifest-path tests/kryoptic/Cargo.toml --target-dir target/kryoptic >&2
 echo "$PWD/target/kryoptic/release/libkryoptic_pkcs11.so"

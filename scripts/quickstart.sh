@@ -7,27 +7,13 @@
 # Progress goes to stderr; the token alone goes to stdout.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-step() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 TOKEN_LABEL=jwt-agent-demo
 KEY=DEMOKEY001
 ISSUER=57246542-96fe-1a63-e053-0824d011072a
 BIN=target/release/jwt-agent
-
-# Prints the first argument that is an existing file.
-first_file() {
-    local f
-    for f in "$@"; do [ -f "$f" ] && { printf '%s\n' "$f"; return 0; }; done
-    return 1
-}
-# shellcheck disable=SC2046  # dpkg -L paths have no spaces; globs that match nothing are skipped
-find_softhsm() {
-    first_file $(dpkg -L libsofthsm2 softhsm2 2>/dev/null | grep '/libsofthsm2\.so$') \
-        /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
-        /usr/lib/*/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so
-}
 
 # --- 1. System packages -------------------------------------------------------------------------
 step "checking SoftHSM, OpenSSL, python3"
@@ -36,17 +22,7 @@ missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v cc >/dev/null || missing+=(gcc)
-if [ "${#missing[@]}" -gt 0 ]; then
-    install=(apt-get install -y --no-install-recommends "${missing[@]}")
-    if [ "$(id -u)" -ne 0 ]; then
-        printf 'missing: %s; install them with:\n  sudo apt-get update && sudo %s\n' \
-            "${missing[*]}" "${install[*]}" >&2
-        exit 1
-    fi
-    step "installing ${missing[*]}"
-    apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2
-fi
+apt_install "${missing[@]}"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then run this again"
 MODULE=$(find_softhsm) || die "libsofthsm2.so not found; reinstall the softhsm2 package"
 
