@@ -4,9 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -137,9 +136,10 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates, 0600) `path` for appending.
-    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    /// Opens (or creates, 0600) `path` for appending. A symlink, a file of another uid or one
+    /// others may read, or a folder others can change is refused ([`crate::files`]).
+    pub fn open(path: &Path) -> Result<AuditLog, String> {
+        let file = crate::files::open_private_append(path)?;
         Ok(AuditLog { file: Mutex::new(file) })
     }
 

@@ -95,12 +95,17 @@ pub fn agent_slice(
     let line: Arc<[u8]> =
         crate::protocol::encode_request(None, request).map_err(std::io::Error::other)?.into();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The same checks as `Client::connect`: nothing goes to a socket this user does not trust.
+    let untrusted = |reason| ClientError::Untrusted { path: socket.to_path_buf(), reason };
+    let trusted = crate::trust::Trusted::from_env().map_err(untrusted)?;
+    trusted.check_folder(socket).map_err(untrusted)?;
     runtime.block_on(async {
         let mut streams = Vec::with_capacity(connections);
         for _ in 0..connections {
             let stream = tokio::net::UnixStream::connect(socket)
                 .await
                 .map_err(|source| ClientError::Unreachable { path: socket.to_path_buf(), source })?;
+            trusted.check_uid(stream.peer_cred()?.uid()).map_err(untrusted)?;
             streams.push(stream);
         }
         let started = Instant::now();

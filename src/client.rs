@@ -12,6 +12,7 @@ use crate::protocol::{
     self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, LockResult, PubkeyFormat,
     PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
+use crate::trust::Trusted;
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -34,6 +35,14 @@ pub enum ClientError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The socket is one this client does not trust: nothing was sent to it.
+    #[error("will not talk to the agent at {}: {reason}", path.display())]
+    Untrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The connection broke mid-request.
     #[error("the connection to the agent failed: {0}")]
@@ -61,10 +70,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the agent at `path`.
+    /// Connects to the agent at `path`, after checking that the socket's folder and the process
+    /// listening on it are this user's own (or root's, or `$JWT_AGENT_UID`'s): see
+    /// [`crate::trust`]. Nothing is sent to a socket that fails those checks.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
+        let untrusted = |reason| ClientError::Untrusted { path: path.to_path_buf(), reason };
+        std::fs::symlink_metadata(path).map_err(unreachable)?;
+        let trusted = Trusted::from_env().map_err(untrusted)?;
+        trusted.check_folder(path).map_err(untrusted)?;
         let stream = UnixStream::connect(path).map_err(unreachable)?;
+        trusted.check_peer(&stream).map_err(untrusted)?;
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         let writer = stream.try_clone()?;
         Ok(Client { reader: BufReader::new(stream), writer, next_id: 1 })

@@ -71,6 +71,12 @@ pub struct DaemonConfig {
     /// `--read-timeout`, in seconds.
     #[serde(default, deserialize_with = "ttl")]
     pub read_timeout: Option<u64>,
+    /// The socket's mode, octal as systemd's `SocketMode=` writes it (`"0660"`): what lets the
+    /// uids in `allowed_uids` reach it without a socket unit. Default `"0600"`.
+    #[serde(default, deserialize_with = "socket_mode")]
+    pub socket_mode: Option<u32>,
+    /// The socket's group (a name or a gid), like systemd's `SocketGroup=`.
+    pub socket_group: Option<String>,
 }
 
 /// `[keys.LABEL]`: what a key signs by default and what it may sign at all.
@@ -109,6 +115,23 @@ fn presets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Preset>>, D::Er
 fn ttl_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
     crate::duration::parse(&text).map(|_| Some(text)).map_err(serde::de::Error::custom)
+}
+
+fn socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_socket_mode(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// An octal socket mode: the owner reads and writes; group and others at most read and write.
+pub fn parse_socket_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text, 8)
+        .map_err(|_| format!("socket_mode {text:?} is not an octal mode such as \"0660\""))?;
+    if mode & !0o666 != 0 || mode & 0o600 != 0o600 {
+        return Err(format!(
+            "socket_mode {text:?}: the owner must read and write it, and no one may execute it (for example \"0660\")"
+        ));
+    }
+    Ok(mode)
 }
 
 fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -210,6 +233,11 @@ mod tests {
         assert!(error.contains("not a duration"), "{error}");
         let error = parse("[keys.a]\npreset = \"apns\"\npresets = [\"musickit\"]\n").unwrap_err();
         assert!(error.contains("not among"), "{error}");
+        let error = parse("[daemon]\nsocket_mode = \"0777\"\n").unwrap_err();
+        assert!(error.contains("no one may execute"), "{error}");
+        let error = parse("[daemon]\nsocket_mode = \"rw\"\n").unwrap_err();
+        assert!(error.contains("octal"), "{error}");
+        assert_eq!(parse("[daemon]\nsocket_mode = \"0660\"\n").unwrap().daemon.socket_mode, Some(0o660));
         let error = parse("[extra]\n").unwrap_err();
         assert!(error.contains("unknown field `extra`"), "{error}");
     }

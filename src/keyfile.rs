@@ -3,7 +3,7 @@
 
 use crate::pubkey::{Curve, PublicKey};
 use pkcs8::der::Decode;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Secret bytes, zeroized on drop.
 pub type Secret = Zeroizing<Vec<u8>>;
@@ -80,6 +80,9 @@ pub enum KeyFileError {
     /// The DER does not parse.
     #[error("the PKCS#8 key is malformed: {0}")]
     Malformed(String),
+    /// An RSA key too weak to import, or larger than tokens and verifiers take.
+    #[error("{0}")]
+    RsaSize(String),
     /// A curve or key type this agent does not sign with.
     #[error("unsupported key type: {0} (supported: P-256, P-384, P-521, RSA, Ed25519)")]
     Unsupported(String),
@@ -120,22 +123,28 @@ pub fn parse_der(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
 fn ec(der: &[u8], curve_oid: &str) -> Result<PrivateKey, KeyFileError> {
     use p256::pkcs8::DecodePrivateKey;
     let malformed = |e: pkcs8::Error| KeyFileError::Malformed(e.to_string());
+    // The scalar is copied out of the stack array `to_bytes` returns, which is then wiped.
+    let secret = |bytes: &mut [u8]| {
+        let copy = Zeroizing::new(bytes.to_vec());
+        bytes.zeroize();
+        copy
+    };
     let (curve, scalar, public) = match curve_oid {
         "1.2.840.10045.3.1.7" => {
             let key = p256::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
-            (Curve::P256, key.to_bytes().to_vec(), PublicKey::P256(key.public_key()))
+            (Curve::P256, secret(&mut key.to_bytes()), PublicKey::P256(key.public_key()))
         }
         "1.3.132.0.34" => {
             let key = p384::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
-            (Curve::P384, key.to_bytes().to_vec(), PublicKey::P384(key.public_key()))
+            (Curve::P384, secret(&mut key.to_bytes()), PublicKey::P384(key.public_key()))
         }
         "1.3.132.0.35" => {
             let key = p521::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
-            (Curve::P521, key.to_bytes().to_vec(), PublicKey::P521(key.public_key()))
+            (Curve::P521, secret(&mut key.to_bytes()), PublicKey::P521(key.public_key()))
         }
         other => return Err(KeyFileError::Unsupported(format!("EC curve {other}"))),
     };
-    Ok(PrivateKey::Ec { curve, scalar: Zeroizing::new(scalar), public })
+    Ok(PrivateKey::Ec { curve, scalar, public })
 }
 
 fn ed25519(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
@@ -143,7 +152,10 @@ fn ed25519(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
     let key =
         ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|e| KeyFileError::Malformed(e.to_string()))?;
     let public = PublicKey::Ed25519(key.verifying_key());
-    Ok(PrivateKey::Ec { curve: Curve::Ed25519, scalar: Zeroizing::new(key.to_bytes().to_vec()), public })
+    let mut seed = key.to_bytes();
+    let scalar = Zeroizing::new(seed.to_vec());
+    seed.zeroize();
+    Ok(PrivateKey::Ec { curve: Curve::Ed25519, scalar, public })
 }
 
 fn rsa(pkcs1_der: &[u8]) -> Result<PrivateKey, KeyFileError> {
@@ -155,6 +167,7 @@ fn rsa(pkcs1_der: &[u8]) -> Result<PrivateKey, KeyFileError> {
     let secret = |u: &pkcs1::UintRef| Zeroizing::new(u.as_bytes().to_vec());
     let modulus = key.modulus.as_bytes().to_vec();
     let public_exponent = key.public_exponent.as_bytes().to_vec();
+    check_rsa_size(&modulus, &public_exponent)?;
     let public = PublicKey::from_rsa(&modulus, &public_exponent)
         .map_err(|e| KeyFileError::Malformed(format!("the RSA public key: {e}")))?;
     Ok(PrivateKey::Rsa(Box::new(RsaParts {
@@ -170,6 +183,29 @@ fn rsa(pkcs1_der: &[u8]) -> Result<PrivateKey, KeyFileError> {
     })))
 }
 
+/// RSA keys under 2048 bits or with a public exponent under 65537 are weak; above 4096 bits,
+/// few tokens and verifiers take them (and `generate` makes none).
+fn check_rsa_size(modulus: &[u8], exponent: &[u8]) -> Result<(), KeyFileError> {
+    let bits = |n: &[u8]| {
+        let n: Vec<u8> = n.iter().copied().skip_while(|b| *b == 0).collect();
+        n.first().map_or(0, |first| (n.len() - 1) * 8 + (8 - first.leading_zeros() as usize))
+    };
+    let modulus_bits = bits(modulus);
+    if !(2048..=4096).contains(&modulus_bits) {
+        return Err(KeyFileError::RsaSize(format!(
+            "the RSA key has {modulus_bits} bits; keys of 2048 to 4096 bits are imported"
+        )));
+    }
+    let exponent_value =
+        exponent.iter().fold(0u128, |v, b| v.saturating_mul(256).saturating_add(u128::from(*b)));
+    if exponent_value < 65537 {
+        return Err(KeyFileError::RsaSize(format!(
+            "the RSA key's public exponent is {exponent_value}; keys with an exponent under 65537 are refused"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +219,22 @@ mod tests {
         assert!(matches!(parse_pem(&pem("PUBLIC KEY")), Err(KeyFileError::NotPrivateKey(_))));
         assert!(matches!(parse_pem(&pem("CERTIFICATE")), Err(KeyFileError::NotPrivateKey(_))));
         assert!(matches!(parse_pem(&pem("PRIVATE KEY")), Err(KeyFileError::Malformed(_))));
+    }
+
+    #[test]
+    fn weak_and_oversized_rsa_keys_are_refused() {
+        let n = |bits: usize| {
+            let mut n = vec![0u8; bits.div_ceil(8) + 1];
+            n[1] = 0x80;
+            n
+        };
+        let f4 = [1, 0, 1];
+        assert!(check_rsa_size(&n(2048), &f4).is_ok());
+        assert!(check_rsa_size(&n(4096), &f4).is_ok());
+        assert!(check_rsa_size(&n(1024), &f4).unwrap_err().to_string().contains("1024 bits"));
+        assert!(check_rsa_size(&n(16384), &f4).unwrap_err().to_string().contains("16384 bits"));
+        assert!(check_rsa_size(&n(2048), &[3]).unwrap_err().to_string().contains("exponent is 3"));
+        assert!(check_rsa_size(&n(2048), &[0, 1, 0, 0]).unwrap_err().to_string().contains("65536"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The daemon's diagnostic log: one line per event on stderr, which systemd, a container runtime
 //! or `start`'s log file collects. Never given a PIN or key material.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Writes one log line: an RFC 3339 UTC time, the level, the message.
 pub fn write(level: &str, message: std::fmt::Arguments) {
@@ -18,6 +19,48 @@ macro_rules! info {
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::log::write("warn", format_args!($($arg)*)) };
+}
+
+/// A warning that may come in floods (connections turned away, refused, stalled): logged at
+/// most once per interval, with a count of those left out.
+#[derive(Debug)]
+pub struct Throttled {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    /// A warning logged at most once per `interval`.
+    pub const fn new(interval: Duration) -> Self {
+        Throttled { interval, state: Mutex::new((None, 0)) }
+    }
+
+    /// Logs `message`, unless one was logged less than an interval ago; then it is counted, and
+    /// the count goes with the next one logged.
+    pub fn warn(&self, message: std::fmt::Arguments) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, left_out) = &mut *state;
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+            *left_out += 1;
+            return;
+        }
+        match *left_out {
+            0 => write("warn", message),
+            n => write("warn", format_args!("{message} (and {n} more like it since the last such line)")),
+        }
+        *last = Some(now);
+        *left_out = 0;
+    }
+
+    /// Logs how many were left out since the last line, if any (at shutdown).
+    pub fn flush(&self, what: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.1 > 0 {
+            write("warn", format_args!("{} more {what} since the last such line", state.1));
+            state.1 = 0;
+        }
+    }
 }
 
 /// Formats a time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -45,7 +88,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn formats_utc() {

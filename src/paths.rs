@@ -27,6 +27,38 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A uid given as a number or a user name.
+pub fn uid_of(text: &str) -> Option<u32> {
+    if let Ok(uid) = text.parse() {
+        return Some(uid);
+    }
+    let name = std::ffi::CString::new(text).ok()?;
+    // SAFETY: `passwd` is plain data (integers and pointers), for which all zeros is valid.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer's length is passed with it.
+    let rc =
+        unsafe { libc::getpwnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    (rc == 0 && !found.is_null()).then_some(entry.pw_uid)
+}
+
+/// A gid given as a number or a group name.
+pub fn gid_of(text: &str) -> Option<u32> {
+    if let Ok(gid) = text.parse() {
+        return Some(gid);
+    }
+    let name = std::ffi::CString::new(text).ok()?;
+    // SAFETY: `group` is plain data (integers and pointers), for which all zeros is valid.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer's length is passed with it.
+    let rc =
+        unsafe { libc::getgrnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+}
+
 /// Makes sure the socket's folder exists and is private: created 0700 when missing; when it
 /// exists it must be a folder of this uid that no one else can write to.
 pub fn prepare_socket_dir(socket: &Path) -> io::Result<()> {
@@ -52,5 +84,20 @@ pub fn prepare_socket_dir(socket: &Path) -> io::Result<()> {
             dir.display()
         ))),
         Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_by_number_or_name() {
+        assert_eq!(uid_of("1001"), Some(1001));
+        assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(uid_of("no-such-user-here"), None);
+        assert_eq!(gid_of("1001"), Some(1001));
+        assert_eq!(gid_of("root"), Some(0));
+        assert_eq!(gid_of("no-such-group-here"), None);
     }
 }

@@ -2,7 +2,7 @@
 //! on a terminal. Never a flag that takes the PIN itself: it would show in `ps`.
 
 use cryptoki::types::AuthPin;
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use zeroize::Zeroizing;
@@ -63,11 +63,7 @@ pub fn read_pin_text(source: PinSource, prompt: &str) -> Result<Zeroizing<String
             }
             Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned())
         }
-        PinSource::Stdin => {
-            let mut line = Zeroizing::new(String::new());
-            std::io::stdin().lock().read_line(&mut line).map_err(PinError::Read)?;
-            line
-        }
+        PinSource::Stdin => read_line_unbuffered()?,
         PinSource::EnvOrPrompt => match std::env::var(PIN_ENV) {
             Ok(pin) => Zeroizing::new(pin),
             Err(_) => prompt_on_terminal(prompt)?,
@@ -80,12 +76,58 @@ pub fn read_pin_text(source: PinSource, prompt: &str) -> Result<Zeroizing<String
     Ok(Zeroizing::new(pin.to_owned()))
 }
 
+/// One line of stdin, read a byte at a time from the descriptor itself: std's `Stdin` keeps
+/// what it reads in a buffer of its own that is never freed, let alone wiped.
+fn read_line_unbuffered() -> Result<Zeroizing<String>, PinError> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    const LONGEST: usize = 1024;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().map_err(PinError::Read)?;
+    let mut input = std::fs::File::from(fd);
+    let mut line = Zeroizing::new(Vec::with_capacity(LONGEST));
+    let mut byte = [0u8; 1];
+    while line.len() < LONGEST {
+        match input.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(PinError::Read(e)),
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut byte);
+    let text = std::str::from_utf8(&line)
+        .map_err(|_| PinError::Read(std::io::Error::other("the PIN is not UTF-8")))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
 /// Asks on the terminal without echo, or says how else to give the PIN.
 pub fn prompt_on_terminal(prompt: &str) -> Result<Zeroizing<String>, PinError> {
     if !std::io::stdin().is_terminal() {
         return Err(PinError::NoSource);
     }
     rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(PinError::Read)
+}
+
+/// Takes `$JWT_AGENT_PIN` out of this process's environment, overwriting its value where the
+/// kernel keeps the environment the process started with (which `/proc/PID/environ` shows).
+///
+/// # Safety
+///
+/// No other thread may read or change the environment meanwhile: call it before any starts.
+pub unsafe fn forget_env_pin() {
+    const NAME: &std::ffi::CStr = c"JWT_AGENT_PIN";
+    // SAFETY: getenv returns null or a pointer to the NUL-terminated value inside the
+    // environment, which is writable memory of this process; no other thread uses it (the
+    // caller's promise). Overwriting it in place keeps its length, so the block stays valid.
+    unsafe {
+        let value = libc::getenv(NAME.as_ptr());
+        if !value.is_null() {
+            let len = libc::strlen(value);
+            std::ptr::write_bytes(value, 0, len);
+        }
+        std::env::remove_var(PIN_ENV);
+    }
 }
 
 /// Whether a PIN would come from somewhere other than a prompt.

@@ -2,6 +2,7 @@
 //! `[keys.LABEL]` rules of the config, enforced on every request, `sign-input` included.
 
 use crate::config::{Config, KeyPolicy};
+use crate::jose::MAX_IAT_AHEAD_SECS;
 use crate::preset::Preset;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -28,9 +29,24 @@ impl Policy {
             || self.keys.values().any(|k| k.allowed_uids.as_ref().is_some_and(|uids| uids.contains(&uid)))
     }
 
+    /// The daemon's own uid.
+    pub fn owner(&self) -> u32 {
+        self.own_uid
+    }
+
     /// Whether this uid is the daemon's own, which alone may create keys and stop the agent.
     pub fn is_owner(&self, uid: u32) -> bool {
         uid == self.own_uid
+    }
+
+    /// Whether `uid` may use the key labelled `label` at all: the owner any key, another uid
+    /// one whose `allowed_uids` (else the daemon's) list it. Others do not even see the key.
+    pub fn may_use(&self, label: &str, uid: u32) -> bool {
+        uid == self.own_uid
+            || match self.keys.get(label).and_then(|k| k.allowed_uids.as_ref()) {
+                Some(uids) => uids.contains(&uid),
+                None => self.allowed_uids.contains(&uid),
+            }
     }
 
     /// The config of the key labelled `label`, if it has one.
@@ -38,9 +54,9 @@ impl Policy {
         self.keys.get(label)
     }
 
-    /// Checks a token the key labelled `label` is about to sign for `uid`. `preset` is the one
-    /// the request used; for `sign-input` (`None`) the token must meet one the key allows.
-    /// Returns the preset the token meets, if any was asked or found.
+    /// Checks a token the key labelled `label` is about to sign for `uid` at `now`. `preset` is
+    /// the one the request used; for `sign-input` (`None`) the token must meet one the key
+    /// allows. Returns the preset the token meets, if any was asked or found.
     pub fn check(
         &self,
         label: &str,
@@ -48,16 +64,11 @@ impl Policy {
         preset: Option<Preset>,
         header: &Map<String, Value>,
         claims: &Map<String, Value>,
+        now: u64,
     ) -> Result<Option<Preset>, String> {
         let key = self.keys.get(label);
-        if uid != self.own_uid {
-            let allowed = match key.and_then(|k| k.allowed_uids.as_ref()) {
-                Some(uids) => uids.contains(&uid),
-                None => self.allowed_uids.contains(&uid),
-            };
-            if !allowed {
-                return Err(format!("uid {uid} may not use the key {label:?}"));
-            }
+        if !self.may_use(label, uid) {
+            return Err(format!("uid {uid} may not use the key {label:?}"));
         }
         let Some(key) = key else { return Ok(preset) };
         let preset = match (&key.presets, preset) {
@@ -71,7 +82,7 @@ impl Policy {
             }
             (Some(allowed), None) => {
                 let mut first_error = None;
-                let met = allowed.iter().copied().find(|p| match p.check(header, claims) {
+                let met = allowed.iter().copied().find(|p| match p.check(header, claims, now) {
                     Ok(()) => true,
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -101,23 +112,40 @@ impl Policy {
             }
         }
         if let Some(max) = key.max_ttl {
-            let exp = claims.get("exp").and_then(Value::as_u64);
-            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or_else(crate::jose::now);
-            match exp {
-                Some(exp) if exp.saturating_sub(iat) <= max => {}
-                Some(exp) => {
-                    return Err(format!(
-                        "the key {label:?} signs tokens of at most {max} s; this one lives {} s",
-                        exp.saturating_sub(iat)
-                    ));
-                }
-                None => {
-                    return Err(format!("the key {label:?} signs only tokens with an exp (at most {max} s)"));
-                }
-            }
+            check_lifetime(label, max, claims, now)?;
         }
         Ok(preset)
     }
+}
+
+/// `max_ttl`: an `exp` at most `max` after both `iat` and now, and an `iat` at most
+/// [`MAX_IAT_AHEAD_SECS`] ahead; a caller's `iat` cannot stretch a token's life.
+fn check_lifetime(label: &str, max: u64, claims: &Map<String, Value>, now: u64) -> Result<(), String> {
+    let seconds = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            format!("the key {label:?} signs only tokens whose {name} is a whole number of seconds")
+        }),
+    };
+    let Some(exp) = seconds("exp")? else {
+        return Err(format!("the key {label:?} signs only tokens with an exp (at most {max} s)"));
+    };
+    let iat = seconds("iat")?;
+    if let Some(iat) = iat
+        && iat > now.saturating_add(MAX_IAT_AHEAD_SECS)
+    {
+        return Err(format!(
+            "the key {label:?} signs no token issued in the future: iat is {} s ahead (at most {MAX_IAT_AHEAD_SECS})",
+            iat - now
+        ));
+    }
+    let lifetime = exp.saturating_sub(now).max(iat.map_or(0, |iat| exp.saturating_sub(iat)));
+    if lifetime > max {
+        return Err(format!(
+            "the key {label:?} signs tokens of at most {max} s; this one lives {lifetime} s"
+        ));
+    }
+    Ok(())
 }
 
 fn names(presets: &[Preset]) -> String {
@@ -142,6 +170,8 @@ mod tests {
         Policy::new(0, &toml::from_str(toml).unwrap())
     }
 
+    const NOW: u64 = 500;
+
     fn object(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -152,10 +182,10 @@ mod tests {
         assert!(p.admits(0) && p.admits(1001) && p.admits(1002) && !p.admits(1003));
         let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
         let claims = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
-        assert!(p.check("asc", 1002, None, &header, &claims).is_ok());
-        assert!(p.check("asc", 1001, None, &header, &claims).unwrap_err().contains("uid 1001"));
-        assert!(p.check("other", 1001, None, &header, &claims).is_ok());
-        assert!(p.check("other", 1002, None, &header, &claims).is_err());
+        assert!(p.check("asc", 1002, None, &header, &claims, NOW).is_ok());
+        assert!(p.check("asc", 1001, None, &header, &claims, NOW).unwrap_err().contains("uid 1001"));
+        assert!(p.check("other", 1001, None, &header, &claims, NOW).is_ok());
+        assert!(p.check("other", 1002, None, &header, &claims, NOW).is_err());
     }
 
     #[test]
@@ -163,21 +193,44 @@ mod tests {
         let p = policy();
         let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
         let good = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
-        assert_eq!(p.check("asc", 0, None, &header, &good), Ok(Some(Preset::AppStoreConnect)));
+        assert_eq!(p.check("asc", 0, None, &header, &good, NOW), Ok(Some(Preset::AppStoreConnect)));
         assert!(
-            p.check("asc", 0, Some(Preset::Apns), &header, &good).unwrap_err().contains("may not sign apns")
+            p.check("asc", 0, Some(Preset::Apns), &header, &good, NOW)
+                .unwrap_err()
+                .contains("may not sign apns")
         );
         let long = object(json!({"iss": "t", "iat": 100, "exp": 100 + 1201, "aud": "appstoreconnect-v1"}));
-        assert!(p.check("asc", 0, None, &header, &long).is_err());
+        assert!(p.check("asc", 0, None, &header, &long, NOW).is_err());
         let plain = object(json!({"iss": "t", "iat": 100}));
         assert!(
-            p.check("asc", 0, None, &header, &plain).unwrap_err().contains("signs only app-store-connect")
+            p.check("asc", 0, None, &header, &plain, NOW)
+                .unwrap_err()
+                .contains("signs only app-store-connect")
         );
         let other_aud =
             object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": ["appstoreconnect-v1", "x"]}));
         let only_aud =
             Policy::new(0, &toml::from_str("[keys.k]\nallowed_aud = [\"appstoreconnect-v1\"]").unwrap());
-        assert!(only_aud.check("k", 0, None, &header, &other_aud).unwrap_err().contains("aud"));
-        assert!(only_aud.check("k", 0, None, &header, &plain).unwrap_err().contains("aud"));
+        assert!(only_aud.check("k", 0, None, &header, &other_aud, NOW).unwrap_err().contains("aud"));
+        assert!(only_aud.check("k", 0, None, &header, &plain, NOW).unwrap_err().contains("aud"));
+    }
+
+    #[test]
+    fn a_callers_iat_cannot_stretch_a_lifetime() {
+        let p = Policy::new(0, &toml::from_str("[keys.k]\nmax_ttl = \"20m\"").unwrap());
+        let header = object(json!({"alg": "ES256"}));
+        let now: u64 = 1_800_000_000;
+        let check = |claims: Value| p.check("k", 0, None, &header, &object(claims), now);
+        assert!(check(json!({"iat": now, "exp": now + 1200})).is_ok());
+        assert!(check(json!({"iat": now + 30, "exp": now + 1200})).is_ok(), "a little clock skew");
+        // Ten years ahead, with exp = iat + 20m.
+        let later = now + 10 * 365 * 86400;
+        assert!(check(json!({"iat": later, "exp": later + 1200})).unwrap_err().contains("in the future"));
+        // iat at the end of time and exp in 2100: exp - iat saturates to 0.
+        let error = check(json!({"iat": u64::MAX, "exp": 4_102_444_800u64})).unwrap_err();
+        assert!(error.contains("in the future"), "{error}");
+        assert!(check(json!({"exp": 4_102_444_800u64})).unwrap_err().contains("at most 1200 s"));
+        assert!(check(json!({"iat": 1.5, "exp": now + 60})).unwrap_err().contains("whole number"));
+        assert!(check(json!({"iat": -1, "exp": now + 60})).unwrap_err().contains("whole number"));
     }
 }

@@ -2,6 +2,7 @@
 //! anything is signed. The same checks serve `sign --preset`, the policy on `sign-input`, and
 //! `verify --preset`.
 
+use crate::jose::MAX_IAT_AHEAD_SECS;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::str::FromStr;
@@ -118,7 +119,9 @@ impl Preset {
                 return Err(self.error("APNs tokens have no exp; the agent reuses each for up to 50 minutes"));
             }
             (Some(ttl), _) => {
-                claims.insert("exp".into(), Value::from(iat + ttl));
+                let exp =
+                    iat.checked_add(ttl).ok_or_else(|| self.error("iat + ttl is past the end of time"))?;
+                claims.insert("exp".into(), Value::from(exp));
             }
             (None, _) => {}
         }
@@ -137,11 +140,18 @@ impl Preset {
             }
             Preset::Apns | Preset::MusicKit => {}
         }
-        self.check(header, claims)
+        self.check(header, claims, now)
     }
 
-    /// Checks a finished token's header and claims against the service's rules.
-    pub fn check(self, header: &Map<String, Value>, claims: &Map<String, Value>) -> Result<(), PresetError> {
+    /// Checks a finished token's header and claims against the service's rules at `now`: an
+    /// `iat` at most [`MAX_IAT_AHEAD_SECS`] ahead, and a cap on both `exp - iat` and `exp - now`,
+    /// so that a caller's `iat` cannot stretch a token's life.
+    pub fn check(
+        self,
+        header: &Map<String, Value>,
+        claims: &Map<String, Value>,
+        now: u64,
+    ) -> Result<(), PresetError> {
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return Err(self.error("the header's alg must be ES256"));
         }
@@ -149,9 +159,17 @@ impl Preset {
             return Err(self.error("the header needs a kid: the key's ID from Apple"));
         }
         let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| self.error("iat must be set"))?;
+        if iat > now.saturating_add(MAX_IAT_AHEAD_SECS) {
+            return Err(self.error(format!(
+                "iat is {} s ahead of the agent's clock; at most {MAX_IAT_AHEAD_SECS} s is allowed",
+                iat - now
+            )));
+        }
         let exp = claims.get("exp").map(|exp| exp.as_u64().ok_or_else(|| self.error("exp must be a number")));
         let exp = exp.transpose()?;
-        let lifetime = exp.map(|exp| exp.saturating_sub(iat));
+        // The longer of exp - iat and exp - now: an iat in the past makes the first longer, one
+        // in the future the second.
+        let lifetime = exp.map(|exp| exp.saturating_sub(iat).max(exp.saturating_sub(now)));
         if exp.is_some_and(|exp| exp <= iat) {
             return Err(self.error("exp must be after iat"));
         }
@@ -167,7 +185,7 @@ impl Preset {
         let cap = |max: u64, what: &str| match lifetime {
             None => Err(self.error("the token needs an exp")),
             Some(lifetime) if lifetime > max => Err(self.error(format!(
-                "the lifetime (exp - iat) is {} and may be at most {} ({what})",
+                "the lifetime (exp - iat, or exp - now if longer) is {} and may be at most {} ({what})",
                 human(lifetime),
                 human(max)
             ))),
@@ -441,6 +459,23 @@ mod tests {
         header.insert("alg".into(), Value::from("ES384"));
         let error = Preset::Apns.fill(&mut header, &mut Map::new(), None, Some("k"), NOW).unwrap_err();
         assert!(error.to_string().contains("ES256"), "{error}");
+    }
+
+    #[test]
+    fn a_callers_iat_cannot_stretch_a_lifetime() {
+        let header = json!({"alg": "ES256", "kid": "k", "typ": "JWT"});
+        let header = header.as_object().unwrap();
+        let check = |iat: u64, exp: u64| {
+            let claims = json!({"iss": "t", "aud": "appstoreconnect-v1", "iat": iat, "exp": exp});
+            Preset::AppStoreConnect.check(header, claims.as_object().unwrap(), NOW)
+        };
+        assert!(check(NOW, NOW + 1200).is_ok());
+        let later = NOW + 10 * 365 * 86400;
+        assert!(check(later, later + 1200).unwrap_err().to_string().contains("ahead of the agent's clock"));
+        assert!(check(u64::MAX, 4_102_444_800).unwrap_err().to_string().contains("ahead"));
+        // An iat in the past makes exp - iat the longer, one a little ahead exp - now.
+        assert!(check(NOW - 600, NOW + 1200).unwrap_err().to_string().contains("at most 20m"));
+        assert!(check(NOW + 50, NOW + 1210).unwrap_err().to_string().contains("at most 20m"));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use serde_json::{Map, Value};
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// A request, tagged by its `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+// Decoded by `decode_request`, not by serde's internally tagged enums: those buffer every
+// field in intermediates that are freed unwiped, and a request may carry a PIN or a key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Sign `BASE64URL(header).BASE64URL(payload)` built by the caller.
     SignInput {
@@ -352,17 +354,15 @@ pub struct Incoming {
 }
 
 /// Decodes one request line (without its newline). Never fails: a line that is not a
-/// request decodes to the error its answer must carry.
+/// request decodes to the error its answer must carry. A member named twice, at any depth, is
+/// refused; every string the line held is wiped once the request is decoded.
 pub fn decode_request(line: &[u8]) -> Incoming {
-    let mut object = match serde_json::from_slice::<Value>(line) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => return Incoming::error(None, WireError::bad_request("a request must be a JSON object")),
-        Err(e) => {
-            return Incoming::error(
-                None,
-                WireError::bad_request(format!("the request is not valid JSON: {e}")),
-            );
+    let mut object = match crate::json::parse_object(line) {
+        Ok(object) => object,
+        Err(crate::json::ParseError::NotObject) => {
+            return Incoming::error(None, WireError::bad_request("a request must be a JSON object"));
         }
+        Err(e) => return Incoming::error(None, WireError::bad_request(format!("the request is {e}"))),
     };
     let id = object.get("id").cloned();
     // An id is echoed to be matched, so it must come back exactly: a string or an integer.
@@ -370,25 +370,77 @@ pub fn decode_request(line: &[u8]) -> Incoming {
         id.as_ref().filter(|id| !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null()))
     {
         let message = format!("`id` must be a string or an integer, not {bad}");
+        crate::json::wipe(Value::Object(object));
         return Incoming::error(None, WireError::bad_request(message));
     }
-    let op = match object.get("op") {
-        Some(Value::String(op)) => op.as_str(),
+    let op = match object.remove("op") {
+        Some(Value::String(op)) => op,
         Some(_) => return Incoming::error(id, WireError::bad_request("`op` must be a string")),
         None => return Incoming::error(id, WireError::bad_request("the request has no `op`")),
     };
-    if !Request::OPS.contains(&op) {
+    if !Request::OPS.contains(&op.as_str()) {
+        crate::json::wipe(Value::Object(object));
         let message = format!("unknown op {op:?}; this agent knows {}", Request::OPS.join(", "));
         return Incoming::error(id, WireError::new(ErrorCode::UnknownOp, message));
     }
     // `import` and `generate` have a field `id` of their own, the new key's CKA_ID; like any
     // request's id it is echoed in the answer. For every other op it is only the request's id.
-    if !Request::OWN_ID.contains(&op) {
+    if !Request::OWN_ID.contains(&op.as_str()) {
         object.remove("id");
     }
-    let request = serde_json::from_value(Value::Object(object))
-        .map_err(|e| WireError::bad_request(format!("invalid request: {e}")));
+    let fields = Value::Object(object);
+    // Read from the borrowed tree: strings are copied straight into the request's own fields
+    // (a PIN or a key into `SecretText`, which wipes itself), and the tree is wiped after.
+    let request =
+        Request::decode(&op, &fields).map_err(|e| WireError::bad_request(format!("invalid request: {e}")));
+    crate::json::wipe(fields);
     Incoming { id, request }
+}
+
+impl Request {
+    fn decode(op: &str, fields: &Value) -> Result<Request, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoFields {}
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SignInputFields {
+            key: String,
+            input: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PubkeyFields {
+            #[serde(default)]
+            key: Option<String>,
+            format: PubkeyFormat,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct UnlockFields {
+            pin: SecretText,
+        }
+        let none = |fields: &Value| NoFields::deserialize(fields).map(drop);
+        Ok(match op {
+            "sign_input" => {
+                let SignInputFields { key, input } = SignInputFields::deserialize(fields)?;
+                Request::SignInput { key, input }
+            }
+            "sign" => Request::Sign(SignRequest::deserialize(fields)?),
+            "keys" => none(fields).map(|()| Request::Keys {})?,
+            "pubkey" => {
+                let PubkeyFields { key, format } = PubkeyFields::deserialize(fields)?;
+                Request::Pubkey { key, format }
+            }
+            "import" => Request::Import(ImportRequest::deserialize(fields)?),
+            "generate" => Request::Generate(GenerateRequest::deserialize(fields)?),
+            "status" => none(fields).map(|()| Request::Status {})?,
+            "lock" => none(fields).map(|()| Request::Lock {})?,
+            "unlock" => Request::Unlock { pin: UnlockFields::deserialize(fields)?.pin },
+            "stop" => none(fields).map(|()| Request::Stop {})?,
+            other => return Err(serde::de::Error::custom(format!("unknown op {other:?}"))),
+        })
+    }
 }
 
 impl Incoming {

@@ -2,7 +2,7 @@
 
 use super::Failure;
 use crate::config::Config;
-use crate::daemon::{MAX_CONNECTIONS, Options, READ_TIMEOUT};
+use crate::daemon::{MAX_CONNECTIONS, Options, READ_TIMEOUT, SocketAccess};
 use crate::error::{EXIT_OTHER, EXIT_USAGE};
 use crate::policy::Policy;
 use clap::Args;
@@ -72,6 +72,21 @@ impl DaemonArgs {
             max_connections: self.max_connections.or(d.max_connections).map_or(MAX_CONNECTIONS, usize::from),
             read_timeout: self.read_timeout.or(d.read_timeout).map_or(READ_TIMEOUT, Duration::from_secs),
             sinks: config.sinks.clone(),
+            socket_access: SocketAccess {
+                mode: d.socket_mode.unwrap_or(0o600),
+                group: d
+                    .socket_group
+                    .as_deref()
+                    .map(|group| {
+                        crate::paths::gid_of(group).ok_or_else(|| {
+                            Failure::new(
+                                EXIT_OTHER,
+                                format!("socket_group {group:?} is not a group on this machine"),
+                            )
+                        })
+                    })
+                    .transpose()?,
+            },
         };
         let path = path.as_deref().map(absolute).transpose()?;
         Ok((options, path))

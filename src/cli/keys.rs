@@ -174,7 +174,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
     if let Some(preset) = preset {
         preset
-            .check(&verified.header, &verified.claims)
+            .check(&verified.header, &verified.claims, now)
             .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token breaks a rule of {e}")))?;
     }
     let out = json!({ "header": verified.header, "claims": verified.claims });

@@ -191,7 +191,7 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let status = match &e {
-            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::Unreachable { .. } | ClientError::Untrusted { .. } => EXIT_UNREACHABLE,
             ClientError::Io(_) => EXIT_OTHER,
             ClientError::Agent(wire) => wire.code.exit_status(),
         };

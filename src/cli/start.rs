@@ -1,13 +1,11 @@
 //! `start` and `stop`: the agent in the background, ssh-agent style.
 
 use super::{DaemonArgs, Failure};
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::daemon::Options;
 use crate::error::EXIT_OTHER;
 use crate::{paths, pin};
-use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,14 +20,19 @@ const POLL: Duration = Duration::from_millis(10);
 pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     let (options, config) = args.resolve()?;
     let socket = options.socket.clone();
-    if Client::connect(&socket).is_ok() {
-        return Err(Failure::new(
-            EXIT_OTHER,
-            format!(
-                "an agent is already running at {}; `jwt-agent stop` it first or give another --socket",
-                socket.display()
-            ),
-        ));
+    match Client::connect(&socket) {
+        Ok(_) => {
+            return Err(Failure::new(
+                EXIT_OTHER,
+                format!(
+                    "an agent is already running at {}; `jwt-agent stop` it first or give another --socket",
+                    socket.display()
+                ),
+            ));
+        }
+        // Another user's socket is not "an agent already running": say whose it is.
+        Err(e @ ClientError::Untrusted { .. }) => return Err(e.into()),
+        Err(_) => {}
     }
     paths::prepare_socket_dir(&socket)
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot prepare the socket folder: {e}")))?;
@@ -42,10 +45,8 @@ pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     };
 
     let log_path = socket.with_extension("log");
-    let mut log =
-        OpenOptions::new().create(true).append(true).read(true).mode(0o600).open(&log_path).map_err(|e| {
-            Failure::new(EXIT_OTHER, format!("cannot open the agent's log {}: {e}", log_path.display()))
-        })?;
+    let mut log = crate::files::open_private_append(&log_path)
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot open the agent's log: {e}")))?;
     let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
     let log_err = log.try_clone().map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
 

@@ -1,8 +1,14 @@
-//! Line framing on one connection: requests up to [`MAX_LINE`] bytes, answers in order.
+//! Line framing on one connection: requests up to [`MAX_LINE`] bytes, read into buffers this
+//! module owns, so that the bytes of a request (which may carry a PIN or a private key) are
+//! wiped as soon as it has been handled.
 
 use crate::protocol::MAX_LINE;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use zeroize::Zeroize;
+
+/// How much is read from the socket at a time.
+const CHUNK: usize = 8 * 1024;
 
 /// What the next read off a connection produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,75 +23,134 @@ pub enum Frame {
     Stalled,
 }
 
-/// [`read_frame`], giving up when no request starts within `idle` or a started line does not
-/// end within `read_timeout`: a stalled client cannot hold a connection slot for long.
-pub async fn read_frame_within<R: AsyncRead + Unpin>(
-    reader: &mut tokio::io::BufReader<R>,
-    line: &mut Vec<u8>,
-    idle: Duration,
-    read_timeout: Duration,
-) -> std::io::Result<Frame> {
-    if reader.buffer().is_empty() {
-        match tokio::time::timeout(idle, reader.fill_buf()).await {
-            Err(_) => return Ok(Frame::Stalled),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) => {}
-        }
-    }
-    tokio::time::timeout(read_timeout, read_frame(reader, line)).await.unwrap_or(Ok(Frame::Stalled))
+/// The read side of a connection: a fixed buffer whose consumed bytes are overwritten, and the
+/// current line, wiped by [`Reader::wipe_line`] once answered.
+pub struct Reader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    line: Vec<u8>,
 }
 
-/// Reads one line into `line` (cleared first). A longer line than [`MAX_LINE`] is discarded as
-/// it arrives, so a peer cannot make the daemon buffer more than that.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut tokio::io::BufReader<R>,
-    line: &mut Vec<u8>,
-) -> std::io::Result<Frame> {
-    line.clear();
-    let mut too_large = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            // A last line without a newline still counts; an empty tail is just the end.
-            return Ok(match (too_large, line.is_empty()) {
-                (true, _) => Frame::TooLarge,
-                (false, true) => Frame::Eof,
-                (false, false) => Frame::Line,
-            });
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// A reader of `inner`.
+    pub fn new(inner: R) -> Self {
+        Reader { inner, buf: vec![0; CHUNK].into_boxed_slice(), start: 0, end: 0, line: Vec::new() }
+    }
+
+    /// The line the last [`Frame::Line`] read.
+    pub fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Whether bytes of a next request have already been read (pipelined).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Overwrites the current line, once its request has been handled.
+    pub fn wipe_line(&mut self) {
+        self.line.as_mut_slice().zeroize();
+        self.line.clear();
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = self.inner.read(&mut self.buf).await?;
         }
-        let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (&available[..i], Some(i + 1)),
-            None => (available, None),
-        };
-        if !too_large && line.len() + chunk.len() < MAX_LINE {
-            line.extend_from_slice(chunk);
-        } else {
-            too_large = true;
-            line.clear();
+        Ok(self.end - self.start)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.buf[self.start..self.start + n].zeroize();
+        self.start += n;
+    }
+
+    /// Appends to the line, growing it without leaving a copy behind in freed memory.
+    fn push_line(&mut self, from: usize, to: usize) {
+        let needed = self.line.len() + (to - from);
+        if needed > self.line.capacity() {
+            let mut bigger = Vec::with_capacity(needed.next_power_of_two().min(MAX_LINE));
+            bigger.extend_from_slice(&self.line);
+            self.line.zeroize();
+            self.line = bigger;
         }
-        let used = found.unwrap_or(available.len());
-        reader.consume(used);
-        if found.is_some() {
-            return Ok(if too_large { Frame::TooLarge } else { Frame::Line });
+        self.line.extend_from_slice(&self.buf[from..to]);
+    }
+
+    /// Reads one line. A longer line than [`MAX_LINE`] is discarded as it arrives, so a peer
+    /// cannot make the daemon buffer more than that.
+    pub async fn read_frame(&mut self) -> std::io::Result<Frame> {
+        self.wipe_line();
+        let mut too_large = false;
+        loop {
+            if self.fill().await? == 0 {
+                // A last line without a newline still counts; an empty tail is just the end.
+                return Ok(match (too_large, self.line.is_empty()) {
+                    (true, _) => Frame::TooLarge,
+                    (false, true) => Frame::Eof,
+                    (false, false) => Frame::Line,
+                });
+            }
+            let available = &self.buf[self.start..self.end];
+            let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, Some(i + 1)),
+                None => (available.len(), None),
+            };
+            if !too_large && self.line.len() + chunk < MAX_LINE {
+                self.push_line(self.start, self.start + chunk);
+            } else {
+                too_large = true;
+                self.wipe_line();
+            }
+            self.consume(found.unwrap_or(chunk));
+            if found.is_some() {
+                return Ok(if too_large { Frame::TooLarge } else { Frame::Line });
+            }
         }
+    }
+
+    /// [`read_frame`](Self::read_frame), giving up when no request starts within `idle` or a
+    /// started line does not end within `read_timeout`: a stalled client cannot hold a
+    /// connection slot for long.
+    pub async fn read_frame_within(
+        &mut self,
+        idle: Duration,
+        read_timeout: Duration,
+    ) -> std::io::Result<Frame> {
+        if !self.has_buffered() {
+            match tokio::time::timeout(idle, self.fill()).await {
+                Err(_) => return Ok(Frame::Stalled),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) => {}
+            }
+        }
+        tokio::time::timeout(read_timeout, self.read_frame()).await.unwrap_or(Ok(Frame::Stalled))
+    }
+}
+
+impl<R> Drop for Reader<R> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+        self.line.zeroize();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::BufReader;
 
     async fn frames(input: Vec<u8>) -> Vec<(Frame, Vec<u8>)> {
-        let mut reader = BufReader::with_capacity(1024, input.as_slice());
+        let mut reader = Reader::new(input.as_slice());
         let mut out = Vec::new();
-        let mut line = Vec::new();
         loop {
-            let frame = read_frame(&mut reader, &mut line).await.unwrap();
+            let frame = reader.read_frame().await.unwrap();
             if frame == Frame::Eof {
                 return out;
             }
-            out.push((frame, line.clone()));
+            out.push((frame, reader.line().to_vec()));
         }
     }
 
@@ -108,5 +173,20 @@ mod tests {
         let got = frames(input).await;
         assert_eq!(got[0].0, Frame::Line);
         assert_eq!(got[0].1.len(), MAX_LINE - 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_request_carried_is_wiped_once_handled() {
+        let input = b"{\"op\":\"unlock\",\"pin\":\"s3cret\"}\n{\"op\":\"keys\"}\n".to_vec();
+        let mut reader = Reader::new(input.as_slice());
+        assert_eq!(reader.read_frame().await.unwrap(), Frame::Line);
+        assert!(reader.line().ends_with(b"\"s3cret\"}"));
+        let secret_gone = |reader: &Reader<&[u8]>| !reader.buf.windows(6).any(|w| w == b"s3cret");
+        assert!(secret_gone(&reader), "the read buffer still holds the consumed request");
+        reader.wipe_line();
+        assert!(reader.line().is_empty());
+        assert!(reader.has_buffered(), "the pipelined request is still there");
+        assert_eq!(reader.read_frame().await.unwrap(), Frame::Line);
+        assert_eq!(reader.line(), b"{\"op\":\"keys\"}");
     }
 }

@@ -94,6 +94,11 @@ impl Agent {
         self.policy.admits(uid)
     }
 
+    /// The uid the daemon runs as.
+    pub fn owner(&self) -> u32 {
+        self.policy.owner()
+    }
+
     /// Answers one request line (newline removed) from `peer` with one answer line (newline
     /// included), and writes the decision to the audit log.
     pub async fn handle(&self, line: &[u8], peer: &Peer) -> Vec<u8> {
@@ -128,11 +133,11 @@ impl Agent {
                 self.sign_input(key, input, peer, record).await.map(Reply::SignInput)
             }
             Request::Sign(request) => self.sign(request, peer, record).await.map(Reply::Sign),
-            Request::Keys {} => self.keys().await.map(Reply::Keys),
-            Request::Pubkey { key, format } => self.pubkey(key, format).await.map(Reply::Pubkey),
+            Request::Keys {} => self.keys(peer).await.map(Reply::Keys),
+            Request::Pubkey { key, format } => self.pubkey(key, format, peer).await.map(Reply::Pubkey),
             Request::Import(request) => self.import(request, record).await.map(Reply::Key),
             Request::Generate(request) => self.generate(request, record).await.map(Reply::Key),
-            Request::Status {} => Ok(Reply::Status(Box::new(self.status().await))),
+            Request::Status {} => Ok(Reply::Status(Box::new(self.status(peer).await))),
             Request::Lock {} => {
                 self.lock("a client asked").await?;
                 record.outcome = Some(Outcome::Locked);
@@ -308,14 +313,21 @@ impl Agent {
         if self.is_locked() { Err(TokenError::Locked.to_wire()) } else { Ok(()) }
     }
 
-    async fn keys(&self) -> Result<KeysResult, WireError> {
+    async fn keys(&self, peer: &Peer) -> Result<KeysResult, WireError> {
         self.check_unlocked()?;
-        let keys = self.on_token(|token, session| token.list_keys(session)).await?;
+        let mut keys = self.on_token(|token, session| token.list_keys(session)).await?;
+        keys.retain(|k| self.policy.may_use(&k.label, peer.uid));
         Ok(KeysResult { keys })
     }
 
-    async fn pubkey(&self, key: Option<String>, format: PubkeyFormat) -> Result<PubkeyResult, WireError> {
+    async fn pubkey(
+        &self,
+        key: Option<String>,
+        format: PubkeyFormat,
+        peer: &Peer,
+    ) -> Result<PubkeyResult, WireError> {
         self.check_unlocked()?;
+        let (policy, uid) = (self.policy.clone(), peer.uid);
         let names = match (key, format) {
             (Some(key), _) => vec![key],
             (None, PubkeyFormat::Jwks) => Vec::new(),
@@ -328,7 +340,7 @@ impl Agent {
                     token
                         .list_keys(session)?
                         .into_iter()
-                        .filter(|k| k.alg.is_some())
+                        .filter(|k| k.alg.is_some() && policy.may_use(&k.label, uid))
                         .map(|k| k.label)
                         .collect()
                 } else {
@@ -337,6 +349,12 @@ impl Agent {
                 let mut keys = Vec::with_capacity(names.len());
                 for name in &names {
                     let key = token.key(session, name)?;
+                    if !policy.may_use(&key.info.label, uid) {
+                        return Err(TokenError::Denied(format!(
+                            "uid {uid} may not use the key {:?}",
+                            key.info.label
+                        )));
+                    }
                     let public = key.public.as_ref().ok_or_else(|| TokenError::NoPublicKey(name.clone()))?;
                     keys.push((public.to_pem(), public.jwk(key.info.kid.as_deref(), key.alg)));
                 }
@@ -392,7 +410,7 @@ impl Agent {
         Ok(KeyResult { key: info })
     }
 
-    async fn status(&self) -> StatusResult {
+    async fn status(&self, peer: &Peer) -> StatusResult {
         let found = self
             .pool
             .run(|token, session| {
@@ -411,7 +429,7 @@ impl Agent {
             }
         };
         let cache_hits = self.cache_hits.load(Ordering::Relaxed);
-        StatusResult {
+        let mut status = StatusResult {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -428,6 +446,13 @@ impl Agent {
             per_key: self.per_key.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             audit_log: self.audit_path.clone(),
             locked: self.is_locked(),
+        };
+        // Another uid sees the keys it may use, and not where the audit log is.
+        if !self.policy.is_owner(peer.uid) {
+            status.keys.retain(|k| self.policy.may_use(&k.label, peer.uid));
+            status.per_key.retain(|label, _| self.policy.may_use(label, peer.uid));
+            status.audit_log = None;
         }
+        status
     }
 }

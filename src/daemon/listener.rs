@@ -1,6 +1,7 @@
 //! The listening socket: a private folder, a 0600 socket, stale sockets replaced and live ones
 //! respected.
 
+use super::SocketAccess;
 use crate::paths;
 use std::fs;
 use std::io::ErrorKind;
@@ -30,8 +31,9 @@ pub fn check_free(socket: &Path) -> Result<(), String> {
     }
 }
 
-/// Binds the socket, replacing a stale one, and makes it 0600.
-pub fn bind(socket: &Path) -> Result<UnixListener, String> {
+/// Binds the socket, replacing a stale one, and gives it `access` (0600 unless the config
+/// opens it to a group or to all; then its folder gets the search permission they need).
+pub fn bind(socket: &Path, access: SocketAccess) -> Result<UnixListener, String> {
     check_free(socket)?;
     match fs::remove_file(socket) {
         Ok(()) => crate::info!("replaced the stale socket {}", socket.display()),
@@ -40,9 +42,42 @@ pub fn bind(socket: &Path) -> Result<UnixListener, String> {
     }
     let listener =
         UnixListener::bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot make {} private: {e}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(access.mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", socket.display()))?;
+    if access.mode != 0o600 || access.group.is_some() {
+        open_to(socket, access)?;
+    }
     Ok(listener)
+}
+
+/// Gives the socket its group, and its folder the search permission (never more) that the
+/// socket's group and other bits need: clients reach the socket, and still cannot list or
+/// change the folder.
+fn open_to(socket: &Path, access: SocketAccess) -> Result<(), String> {
+    let folder = socket.parent().unwrap_or(Path::new("."));
+    if let Some(gid) = access.group {
+        for path in [socket, folder] {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| format!("cannot give {} the group {gid}: {e}", path.display()))?;
+        }
+    }
+    let search = (if access.mode & 0o060 != 0 { 0o010 } else { 0 })
+        | (if access.mode & 0o006 != 0 { 0o001 } else { 0 });
+    let mode = fs::metadata(folder)
+        .map_err(|e| format!("cannot inspect {}: {e}", folder.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & search != search {
+        fs::set_permissions(folder, fs::Permissions::from_mode(mode | search))
+            .map_err(|e| format!("cannot open {} to the socket's clients: {e}", folder.display()))?;
+    }
+    crate::info!(
+        "the socket is mode {:04o}{}",
+        access.mode,
+        access.group.map(|g| format!(", group {g}")).unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Removes the socket file at shutdown.

@@ -2,14 +2,18 @@
 
 mod connection;
 mod handler;
+mod harden;
+mod limits;
 mod listener;
+mod server;
 mod signing;
 mod sinks;
 mod systemd;
 
 pub use handler::Agent;
+pub use server::{Limits, serve};
 
-use crate::audit::{AuditLog, Peer};
+use crate::audit::AuditLog;
 use crate::error::{EXIT_OTHER, EXIT_TOKEN};
 use crate::pin::{self, PinSource};
 use crate::policy::Policy;
@@ -18,12 +22,8 @@ use crate::token::pool::Pool;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, watch};
-
-/// How long shutdown waits for connections to finish the request they are on.
-const DRAIN: Duration = Duration::from_secs(10);
+use tokio::net::UnixListener;
+use tokio::sync::watch;
 
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -52,14 +52,29 @@ pub struct Options {
     pub read_timeout: Duration,
     /// Files to keep holding a valid token.
     pub sinks: Vec<crate::config::Sink>,
+    /// Who besides the daemon's uid may reach the socket: its mode and group.
+    pub socket_access: SocketAccess,
+}
+
+/// The socket's mode and group (`[daemon] socket_mode`, `socket_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// The socket's mode; 0600 unless the config opens it.
+    pub mode: u32,
+    /// Its group, if the config names one.
+    pub group: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess { mode: 0o600, group: None }
+    }
 }
 
 /// Default for [`Options::max_connections`].
 pub const MAX_CONNECTIONS: usize = 256;
 /// Default for [`Options::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may sit idle between requests before the daemon closes it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the daemon could not start or run, with its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +93,8 @@ impl DaemonError {
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or a `stop` request.
-pub fn run(options: Options) -> Result<(), DaemonError> {
+pub fn run(mut options: Options) -> Result<(), DaemonError> {
+    harden::process();
     // A socket systemd passed is used as it is; it stays when the daemon stops.
     let passed = systemd::passed_listener().map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
     if passed.is_none() {
@@ -88,20 +104,27 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let activated = passed.is_some();
     let audit = match &options.audit_log {
         Some(path) => {
-            let log = AuditLog::open(path).map_err(|e| {
-                DaemonError::new(EXIT_OTHER, format!("cannot open the audit log {}: {e}", path.display()))
-            })?;
+            let log = AuditLog::open(path)
+                .map_err(|e| DaemonError::new(EXIT_OTHER, format!("unsafe or unusable audit log: {e}")))?;
             Some((log, path.display().to_string()))
         }
         None => None,
     };
+    // A sink in a folder others can change could be swapped for a symlink to any file the
+    // daemon may write: refuse to start rather than find out at the first renewal.
+    for sink in &mut options.sinks {
+        sink.path = crate::files::check_private_path(&sink.path)
+            .map_err(|e| DaemonError::new(EXIT_OTHER, format!("unsafe token sink: {e}")))?;
+    }
     let source = match (&options.pin_file, options.pin_from_stdin) {
         (Some(file), _) => PinSource::File(file),
         (None, true) => PinSource::Stdin,
         (None, false) => PinSource::EnvOrPrompt,
     };
-    let pin = pin::read_pin(source, &format!("PIN for token {:?}: ", options.token))
-        .map_err(|e| DaemonError::new(EXIT_OTHER, e.to_string()))?;
+    let pin = pin::read_pin(source, &format!("PIN for token {:?}: ", options.token));
+    // SAFETY: no thread has started yet: the module, the pool and the runtime come next.
+    unsafe { pin::forget_env_pin() };
+    let pin = pin.map_err(|e| DaemonError::new(EXIT_OTHER, e.to_string()))?;
     let (token, session) = Token::open(&options.module, &options.token, pin)
         .map_err(|e| DaemonError::new(EXIT_TOKEN, e.to_string()))?;
     let token = Arc::new(token);
@@ -129,7 +152,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
                 listener
             }
             None => {
-                let listener = listener::bind(&options.socket)?;
+                let listener = listener::bind(&options.socket, options.socket_access)?;
                 crate::info!("listening on {}", options.socket.display());
                 listener
             }
@@ -168,118 +191,6 @@ fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {
     token_max.map_or(size, |max| size.min(max)).max(1)
 }
 
-/// How much the daemon lets each client take.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Connections served at once.
-    pub max_connections: usize,
-    /// Time to finish a request line once started.
-    pub read_timeout: Duration,
-}
-
-/// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
-/// comes, then waits for each connection to finish the request it is on.
-pub async fn serve(
-    listener: UnixListener,
-    agent: Arc<Agent>,
-    mut stop: watch::Receiver<bool>,
-    limits: Limits,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    // Each connection holds a clone; when all are dropped, every connection has ended.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let signals = shutdown_signal();
-    tokio::pin!(signals);
-    let for_connections = stop.clone();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => break,
-            () = &mut signals => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (agent, stop, done) = (agent.clone(), for_connections.clone(), done_tx.clone());
-                    let slot = slots.clone().try_acquire_owned();
-                    tokio::spawn(async move {
-                        match slot {
-                            Ok(_slot) => serve_connection(stream, &agent, stop, limits.read_timeout).await,
-                            Err(_) => turn_away(stream, &agent).await,
-                        }
-                        drop(done);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait, then go on serving.
-                    crate::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    crate::info!("stopping: no new connections; finishing requests in flight");
-    drop(listener);
-    agent.request_stop();
-    drop(done_tx);
-    if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
-        crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
-    }
-}
-
-/// Tells a client over the connection limit that the agent is busy, and closes.
-async fn turn_away(mut stream: UnixStream, agent: &Agent) {
-    crate::warn!("too many connections; turning one away");
-    let _ = stream.write_all(&agent.busy()).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn serve_connection(
-    stream: UnixStream,
-    agent: &Agent,
-    mut stop: watch::Receiver<bool>,
-    read_timeout: Duration,
-) {
-    let (read, write) = stream.into_split();
-    let mut writer = BufWriter::new(write);
-    let peer = match read.as_ref().peer_cred() {
-        Ok(cred) => cred,
-        Err(e) => {
-            crate::warn!("cannot read the peer's credentials ({e}); closing the connection");
-            return;
-        }
-    };
-    let peer = Peer::new(peer.uid(), peer.pid());
-    if !agent.admits(peer.uid) {
-        crate::warn!("refused a connection from uid {} (pid {:?})", peer.uid, peer.pid);
-        let _ = writer.write_all(&agent.forbidden(&peer)).await;
-        let _ = writer.flush().await;
-        return;
-    }
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(1024);
-    loop {
-        let frame = tokio::select! {
-            frame = connection::read_frame_within(&mut reader, &mut line, IDLE_TIMEOUT, read_timeout) => frame,
-            _ = stop.wait_for(|stopping| *stopping) => break,
-        };
-        let answer = match frame {
-            Ok(connection::Frame::Line) => agent.handle(&line, &peer).await,
-            Ok(connection::Frame::TooLarge) => agent.too_large(&peer),
-            Ok(connection::Frame::Stalled) => {
-                crate::warn!("closing a connection of uid {} that stalled mid-request", peer.uid);
-                break;
-            }
-            Ok(connection::Frame::Eof) | Err(_) => break,
-        };
-        if writer.write_all(&answer).await.is_err() {
-            break;
-        }
-        // Pipelined requests already read get their answers in one write.
-        if reader.buffer().is_empty() && writer.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = writer.flush().await;
-}
-
 /// Locks the agent once no key has been used for `after` (`--lock-after`).
 async fn lock_when_idle(agent: Arc<Agent>, after: Duration) {
     loop {
@@ -295,7 +206,7 @@ async fn lock_when_idle(agent: Arc<Agent>, after: Duration) {
     }
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))

@@ -9,6 +9,7 @@ use crate::jose;
 use crate::preset::Preset;
 use crate::protocol::{SignInputResult, SignRequest, SignResult};
 use crate::token::TokenError;
+use crate::token::uri::redact;
 use serde_json::{Map, Value};
 
 /// A token just signed, with what it was made of.
@@ -28,9 +29,8 @@ impl Agent {
         peer: &Peer,
         record: &mut Record,
     ) -> Result<SignInputResult, WireError> {
-        record.key = Some(key.clone());
+        record.key = Some(redact(&key).into_owned());
         self.check_unlocked()?;
-        self.touch();
         let parsed = jose::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?;
         record.token(&parsed.header, &parsed.claims, &input);
         let (policy, uid) = (self.policy.clone(), peer.uid);
@@ -40,7 +40,7 @@ impl Agent {
                 let label = &key.info.label;
                 // The policy reads the claims of what it is asked to sign.
                 let preset = policy
-                    .check(label, uid, None, &parsed.header, &parsed.claims)
+                    .check(label, uid, None, &parsed.header, &parsed.claims, jose::now())
                     .map_err(TokenError::Denied)?;
                 let signature = token.sign(session, &key, parsed.alg, input.as_bytes())?;
                 Ok((jose::compact(&input, &signature), label.clone(), preset))
@@ -50,6 +50,8 @@ impl Agent {
         record.outcome = Some(Outcome::Signed);
         self.commit(record)?;
         self.count_signature(&label, false);
+        // Only what was signed counts as use for --lock-after, not refused or malformed asks.
+        self.touch();
         Ok(SignInputResult { token })
     }
 
@@ -60,9 +62,8 @@ impl Agent {
         record: &mut Record,
     ) -> Result<SignResult, WireError> {
         let SignRequest { key, preset, header, claims, ttl, fresh } = request;
-        record.key = Some(key.clone());
+        record.key = Some(redact(&key).into_owned());
         self.check_unlocked()?;
-        self.touch();
         let preset = preset.map(|name| name.parse::<Preset>()).transpose().map_err(WireError::bad_request)?;
         record.preset = preset.map(Preset::name);
         let ttl_secs = ttl
@@ -81,12 +82,13 @@ impl Agent {
             let (input, _) = entry.token.rsplit_once('.').unwrap_or_default();
             record.token(&entry.header, &entry.claims, input);
             self.policy
-                .check(&entry.label, peer.uid, entry.preset, &entry.header, &entry.claims)
+                .check(&entry.label, peer.uid, entry.preset, &entry.header, &entry.claims, now)
                 .map_err(WireError::denied)?;
             record.preset = entry.preset.map(Preset::name);
             record.outcome = Some(Outcome::Cached);
             self.commit(record)?;
             self.count_signature(&entry.label, true);
+            self.touch();
             return Ok(SignResult { token: entry.token, cached: true });
         }
 
@@ -120,8 +122,10 @@ impl Agent {
                     Some(_) => jose::header_alg(&header).map_err(|e| TokenError::Refused(e.to_string()))?,
                 };
                 header.insert("alg".into(), Value::from(alg.name()));
-                let preset =
-                    policy.check(&label, uid, preset, &header, &claims).map_err(TokenError::Denied)?;
+                jose::check_header(&header).map_err(|e| TokenError::Refused(e.to_string()))?;
+                let preset = policy
+                    .check(&label, uid, preset, &header, &claims, jose::now())
+                    .map_err(TokenError::Denied)?;
                 let input = jose::encode_signing_input(&header, &claims);
                 let signature = token.sign(session, &key, alg, input.as_bytes())?;
                 Ok(Minted { token: jose::compact(&input, &signature), label, preset, header, claims })
@@ -133,6 +137,7 @@ impl Agent {
         record.outcome = Some(Outcome::Signed);
         self.commit(record)?;
         self.count_signature(&minted.label, false);
+        self.touch();
         if let Some(cache_key) = cache_key {
             let (iat, exp) = (
                 minted.claims.get("iat").and_then(Value::as_u64),
@@ -172,7 +177,8 @@ fn plain(
         if claims.contains_key("exp") {
             return Err("give either `exp` or a ttl, not both".into());
         }
-        claims.insert("exp".into(), Value::from(iat + ttl));
+        let exp = iat.checked_add(ttl).ok_or("`iat` plus the ttl is past the end of time")?;
+        claims.insert("exp".into(), Value::from(exp));
     }
     Ok(())
 }

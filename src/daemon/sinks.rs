@@ -8,9 +8,6 @@ use crate::preset::APNS_REUSE_SECS;
 use crate::protocol::SignRequest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +29,11 @@ pub async fn keep(agent: Arc<Agent>, sink: Sink) {
             Ok(token) => {
                 let path = sink.path.clone();
                 let line = format!("{token}\n");
-                match tokio::task::spawn_blocking(move || replace(&path, line.as_bytes())).await {
+                match tokio::task::spawn_blocking(move || {
+                    crate::files::replace_private(&path, line.as_bytes())
+                })
+                .await
+                {
                     Ok(Ok(())) => renew_in(&token),
                     Ok(Err(e)) => {
                         crate::warn!("cannot write the token sink {}: {e}", sink.path.display());
@@ -48,18 +49,6 @@ pub async fn keep(agent: Arc<Agent>, sink: Sink) {
         };
         tokio::time::sleep(wait).await;
     }
-}
-
-/// Writes `data` to a new 0600 file beside `path`, then renames it over `path`: a reader sees
-/// the old token or the new one, never half of one.
-fn replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
 }
 
 /// When the cache would stop handing out `token`: half its lifetime after `iat`, or 50

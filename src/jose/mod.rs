@@ -3,9 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
-use std::fmt;
 
 mod alg;
 
@@ -29,9 +27,12 @@ pub enum JoseError {
     /// `alg` is `none`, an HMAC, or unknown.
     #[error("alg {0:?} is not signed by this agent (it signs {names})", names = Alg::names())]
     UnsupportedAlg(String),
-    /// `b64: false` (RFC 7797) would make the payload checks meaningless.
-    #[error("unencoded payloads (`b64: false`) are not signed")]
+    /// `b64` (RFC 7797): with `false` the payload is not what the checks read.
+    #[error("the header has `b64` (RFC 7797 unencoded payloads), which this agent does not sign")]
     UnencodedPayload,
+    /// `crit`: extensions a verifier must understand, which this agent does not implement.
+    #[error("the header has `crit` (critical extensions), which this agent does not sign")]
+    Critical,
 }
 
 /// A checked JWS signing input: two base64url segments of JSON objects with a known `alg`.
@@ -62,11 +63,21 @@ pub fn parse_signing_input(input: &str) -> Result<SigningInput, JoseError> {
     Ok(SigningInput { header, claims, alg })
 }
 
-/// The `alg` of a header, refused unless this agent signs with it.
-pub fn header_alg(header: &Map<String, Value>) -> Result<Alg, JoseError> {
-    if header.get("b64") == Some(&Value::Bool(false)) {
+/// Refuses header members that change what a signature means: `b64` and `crit`. Every path
+/// to a signature calls it, `sign` as well as `sign_input`.
+pub fn check_header(header: &Map<String, Value>) -> Result<(), JoseError> {
+    if header.contains_key("b64") {
         return Err(JoseError::UnencodedPayload);
     }
+    if header.contains_key("crit") {
+        return Err(JoseError::Critical);
+    }
+    Ok(())
+}
+
+/// The `alg` of a header, refused unless this agent signs with it, after [`check_header`].
+pub fn header_alg(header: &Map<String, Value>) -> Result<Alg, JoseError> {
+    check_header(header)?;
     let name = header.get("alg").and_then(Value::as_str).ok_or(JoseError::NoAlg)?;
     Alg::from_name(name).ok_or_else(|| JoseError::UnsupportedAlg(name.to_owned()))
 }
@@ -74,9 +85,7 @@ pub fn header_alg(header: &Map<String, Value>) -> Result<Alg, JoseError> {
 fn decode_object(segment: &str, which: &'static str) -> Result<Map<String, Value>, JoseError> {
     // The base64 engine refuses padding, `+`, `/` and non-canonical trailing bits.
     let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| JoseError::Base64(which))?;
-    serde_json::from_slice::<UniqueObject>(&bytes)
-        .map(|object| object.0)
-        .map_err(|e| JoseError::Json(which, e.to_string()))
+    crate::json::parse_object(&bytes).map_err(|e| JoseError::Json(which, e.to_string()))
 }
 
 /// Encodes header and claims as signing input.
@@ -94,6 +103,9 @@ fn encode_json(object: &Map<String, Value>, out: &mut String) {
     URL_SAFE_NO_PAD.encode_string(json, out);
 }
 
+/// How far ahead of the agent's clock an `iat` may be (clock skew) where lifetimes are capped.
+pub const MAX_IAT_AHEAD_SECS: u64 = 60;
+
 /// Seconds since 1970, as JWT times are written.
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -106,33 +118,6 @@ pub fn compact(signing_input: &str, signature: &[u8]) -> String {
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut token);
     token
-}
-
-/// A JSON object whose members have distinct names. A duplicate `alg` or `aud` would let two
-/// parsers read one token two ways, so such input is refused.
-struct UniqueObject(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for UniqueObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct UniqueVisitor;
-        impl<'de> Visitor<'de> for UniqueVisitor {
-            type Value = UniqueObject;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
-                let mut map = Map::new();
-                while let Some((name, value)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&name) {
-                        return Err(serde::de::Error::custom(format!("member {name:?} appears twice")));
-                    }
-                    map.insert(name, value);
-                }
-                Ok(UniqueObject(map))
-            }
-        }
-        deserializer.deserialize_map(UniqueVisitor)
-    }
 }
 
 #[cfg(test)]
@@ -167,6 +152,9 @@ mod tests {
             format!("{}.{claims}", b64(r#"{"typ":"JWT"}"#)),
             format!("{}.{claims}", b64(r#"{"alg":"ES256","alg":"none"}"#)),
             format!("{}.{claims}", b64(r#"{"alg":"ES256","b64":false}"#)),
+            format!("{}.{claims}", b64(r#"{"alg":"ES256","b64":true}"#)),
+            format!("{}.{claims}", b64(r#"{"alg":"ES256","crit":["exp"],"exp":1}"#)),
+            format!("{}.{}", header, b64(r#"{"a":{"b":1,"b":2}}"#)),
             format!("{header}.{}", b64("[1]")),
             format!("{header}.{}", b64("not json")),
             format!("{header}.{}", base64::engine::general_purpose::STANDARD.encode("{\"a\":\"??>\"}")),

@@ -129,9 +129,47 @@ fn private_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute>
         Attribute::Decrypt(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
+        // With the PIN, a modifiable key could have CKA_DERIVE or CKA_DECRYPT switched on later,
+        // and a copyable one could be copied into an object with other attributes.
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ]
+}
+
+/// Attributes a token may not know (PKCS#11 2.40 added CKA_COPYABLE); without them the key is
+/// still sensitive and non-extractable.
+fn is_optional(attribute: &Attribute) -> bool {
+    matches!(attribute, Attribute::Modifiable(_) | Attribute::Copyable(_))
+}
+
+/// Whether a token's refusal of a template may be its not knowing an optional attribute.
+fn refuses_optional(error: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::{Error, RvError};
+    matches!(
+        error,
+        Error::Pkcs11(
+            RvError::AttributeTypeInvalid | RvError::AttributeValueInvalid | RvError::TemplateInconsistent,
+            _
+        )
+    )
+}
+
+/// `C_CreateObject`, and once more without the optional attributes if the token refuses them.
+fn create_object(session: &Session, template: &[Attribute], label: &str) -> Result<ObjectHandle, TokenError> {
+    match session.create_object(template) {
+        Err(e) if refuses_optional(&e) && template.iter().any(is_optional) => {
+            crate::info!(
+                "the token refused key {label:?} with CKA_MODIFIABLE and CKA_COPYABLE false ({e}); creating it without them"
+            );
+            let mut reduced: Vec<Attribute> = template.iter().filter(|a| !is_optional(a)).cloned().collect();
+            let made = session.create_object(&reduced);
+            zeroize_template(&mut reduced);
+            Ok(made?)
+        }
+        made => Ok(made?),
+    }
 }
 
 fn public_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute> {
@@ -141,6 +179,7 @@ fn public_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute> 
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
+        Attribute::Modifiable(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
     ]
@@ -186,17 +225,17 @@ fn import(
             (private, public)
         }
     };
-    let made = session.create_object(&private);
+    let made = create_object(session, &private, label);
     zeroize_template(&mut private);
     created.push(made?);
-    match session.create_object(&public) {
+    match create_object(session, &public, label) {
         Ok(handle) => created.push(handle),
         // Some tokens (a YubiHSM 2) keep a key pair as one object and show its public half by
         // themselves, refusing a separate public object: then that public half serves.
         Err(e) if public_exists(session, id) => {
             crate::info!("the token made the public key of {label:?} itself ({e})");
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     public.clear();
     Ok(())
@@ -292,7 +331,17 @@ fn generate(
     // The key type is implied by the mechanism; some tokens refuse it in the templates.
     public.retain(|a| !matches!(a, Attribute::KeyType(_)));
     private.retain(|a| !matches!(a, Attribute::KeyType(_)));
-    let (public_handle, private_handle) = session.generate_key_pair(&mechanism, &public, &private)?;
+    let (public_handle, private_handle) = match session.generate_key_pair(&mechanism, &public, &private) {
+        Err(e) if refuses_optional(&e) => {
+            crate::info!(
+                "the token refused key {label:?} with CKA_MODIFIABLE and CKA_COPYABLE false ({e}); generating it without them"
+            );
+            public.retain(|a| !is_optional(a));
+            private.retain(|a| !is_optional(a));
+            session.generate_key_pair(&mechanism, &public, &private)?
+        }
+        made => made?,
+    };
     created.extend([private_handle, public_handle]);
     read_public(session, public_handle, curve)
 }

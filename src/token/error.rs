@@ -72,6 +72,20 @@ pub enum TokenError {
         "the token rejected the PIN before, so the agent does not log in again by itself; give it the right PIN with `jwt-agent unlock`"
     )]
     PinRejectedBefore,
+    /// An `unlock` too soon after one the token rejected.
+    #[error(
+        "the token rejected the last PIN given to unlock; to spare its few tries, the agent tries no other for {wait_secs} s more"
+    )]
+    UnlockTooSoon {
+        /// Seconds left to wait.
+        wait_secs: u64,
+    },
+    /// The token would lock (or has locked) its PIN at the next wrong one.
+    #[error("{}", final_try_sentence(counters))]
+    FinalTry {
+        /// The token's counters.
+        counters: PinCounters,
+    },
     /// No private key with that label.
     #[error("no private key {0:?} on the token; `jwt-agent keys` lists them")]
     NoKey(String),
@@ -167,7 +181,9 @@ impl TokenError {
             TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
             TokenError::Exists(_) => ErrorCode::Exists,
             TokenError::Denied(_) => ErrorCode::PolicyDenied,
-            TokenError::Locked => ErrorCode::Locked,
+            TokenError::Locked | TokenError::UnlockTooSoon { .. } | TokenError::FinalTry { .. } => {
+                ErrorCode::Locked
+            }
             TokenError::NotLocked => ErrorCode::BadRequest,
             TokenError::Refused(_) => ErrorCode::BadRequest,
             TokenError::AmbiguousKey(_)
@@ -188,6 +204,14 @@ fn list(labels: &[String]) -> String {
         "none".to_owned()
     } else {
         labels.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn final_try_sentence(c: &PinCounters) -> &'static str {
+    if c.locked {
+        "the token's user PIN is locked, so the agent tries none: unblock it with the SO PIN, then unlock"
+    } else {
+        "the token says one more wrong PIN locks it, so the agent tries none: log in once with the token's own tool (pkcs11-tool --login --test) to reset its count, then unlock"
     }
 }
 

@@ -26,7 +26,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 use uri::Selector;
+
+/// How long after a rejected `unlock` no other PIN is tried.
+pub const UNLOCK_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One token in one loaded PKCS#11 module, logged in as the user.
 pub struct Token {
@@ -40,6 +44,9 @@ pub struct Token {
     pin: Mutex<Option<AuthPin>>,
     /// Set when the token rejected the PIN: from then on nothing logs in by itself.
     pin_rejected: AtomicBool,
+    /// When the token last rejected a PIN `unlock` gave: no other is tried for
+    /// [`UNLOCK_BACKOFF`].
+    unlock_rejected_at: Mutex<Option<Instant>>,
     mechanisms: Vec<MechanismType>,
     /// Key handles by the name they were asked for, found once. Cleared when the token loses
     /// its objects' handles.
@@ -82,6 +89,7 @@ impl Token {
             raw: OnceLock::new(),
             pin: Mutex::new(Some(pin)),
             pin_rejected: AtomicBool::new(false),
+            unlock_rejected_at: Mutex::new(None),
             mechanisms,
             keys: RwLock::new(HashMap::new()),
         };
@@ -141,13 +149,29 @@ impl Token {
     }
 
     /// Unlocks the agent with `pin`, tried once. It also serves to give a new PIN after the
-    /// token rejected the one the agent held.
+    /// token rejected the one the agent held. After a rejected `unlock`, no PIN is tried for
+    /// [`UNLOCK_BACKOFF`]; and none at all while the token reports its final try (or a locked
+    /// PIN): a YubiKey or a YubiHSM locks after a few wrong PINs, and guessing must not be
+    /// what locks it.
     pub fn unlock(&self, session: &Session, pin: AuthPin) -> Result<(), TokenError> {
         let mut held = self.pin.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_some() && !self.pin_rejected.load(Ordering::SeqCst) {
             return Err(TokenError::NotLocked);
         }
-        self.login_with(session, &pin)?;
+        let mut rejected_at = self.unlock_rejected_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wait) = rejected_at.and_then(|at| UNLOCK_BACKOFF.checked_sub(at.elapsed())) {
+            return Err(TokenError::UnlockTooSoon { wait_secs: wait.as_secs() + 1 });
+        }
+        let counters = self.pin_counters();
+        if counters.final_try || counters.locked {
+            return Err(TokenError::FinalTry { counters });
+        }
+        if let Err(e) = self.login_with(session, &pin) {
+            if matches!(e, TokenError::PinRejected { .. }) {
+                *rejected_at = Some(Instant::now());
+            }
+            return Err(e);
+        }
         self.pin_rejected.store(false, Ordering::SeqCst);
         *held = Some(pin);
         Ok(())

@@ -25,7 +25,7 @@ pub struct Selector {
 impl Selector {
     /// A `--token` value: a PKCS#11 URI, `serial=SERIAL`, or a label.
     pub fn token(text: &str) -> Result<Selector, String> {
-        if text.starts_with("pkcs11:") {
+        if is_uri(text) {
             let selector = parse(text)?;
             if selector.object.is_some() || selector.id.is_some() || selector.object_type.is_some() {
                 return Err(format!("{text:?} names an object; --token takes a token's URI"));
@@ -40,7 +40,7 @@ impl Selector {
 
     /// A `KEY`: a PKCS#11 URI, or a label.
     pub fn key(text: &str) -> Result<Selector, String> {
-        if text.starts_with("pkcs11:") {
+        if is_uri(text) {
             let selector = parse(text)?;
             if selector.object.is_none() && selector.id.is_none() {
                 return Err(format!("{text:?} names no key: give object= or id="));
@@ -81,10 +81,52 @@ impl Selector {
     }
 }
 
+/// Whether `text` is a PKCS#11 URI: the scheme, in any case (RFC 3986), then `:`.
+pub fn is_uri(text: &str) -> bool {
+    text.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("pkcs11:"))
+}
+
+/// `name` as logs, the audit log and messages may show it: in a PKCS#11 URI the values of
+/// `pin-value` and `pin-source`, wherever they are, become `***`.
+pub fn redact(name: &str) -> std::borrow::Cow<'_, str> {
+    const SECRET: [&str; 2] = ["pin-value", "pin-source"];
+    if !is_uri(name) || !SECRET.iter().any(|s| name.to_ascii_lowercase().contains(s)) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut attribute = String::new();
+    let flush = |attribute: &mut String, out: &mut String| {
+        match attribute.split_once('=') {
+            Some((key, _)) if SECRET.iter().any(|s| key.trim().eq_ignore_ascii_case(s)) => {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(attribute),
+        }
+        attribute.clear();
+    };
+    for c in name.chars() {
+        if matches!(c, ';' | '?' | '&') {
+            flush(&mut attribute, &mut out);
+            out.push(c);
+        } else {
+            attribute.push(c);
+        }
+    }
+    flush(&mut attribute, &mut out);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Parses `pkcs11:path?query`. Query attributes that would carry a PIN are refused; module
 /// attributes are ignored (the daemon's module is given by `--module`).
 pub fn parse(text: &str) -> Result<Selector, String> {
-    let rest = text.strip_prefix("pkcs11:").ok_or_else(|| format!("{text:?} is not a pkcs11: URI"))?;
+    let rest = if is_uri(text) {
+        &text[7..]
+    } else {
+        return Err(format!("{:?} is not a pkcs11: URI", redact(text)));
+    };
+    // What messages show of the URI: never a PIN it carries.
+    let text = &*redact(text);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut selector = Selector::default();
     for attribute in path.split(';').filter(|a| !a.is_empty()) {
@@ -201,6 +243,22 @@ mod tests {
         assert_eq!(Selector::key("asc").unwrap().object.as_deref(), Some("asc"));
         assert_eq!(Selector::token("serial=0123").unwrap().serial.as_deref(), Some("0123"));
         assert_eq!(Selector::token("release").unwrap().token.as_deref(), Some("release"));
+    }
+
+    #[test]
+    fn pins_are_redacted_wherever_they_are() {
+        assert_eq!(redact("pkcs11:object=k?pin-value=1234"), "pkcs11:object=k?pin-value=***");
+        assert_eq!(redact("PKCS11:object=k;pin-value=1234;id=%01"), "PKCS11:object=k;pin-value=***;id=%01");
+        assert_eq!(
+            redact("pkcs11:object=k?module-path=/x&pin-source=file:/p"),
+            "pkcs11:object=k?module-path=/x&pin-source=***"
+        );
+        assert_eq!(redact("asc"), "asc");
+        let error = Selector::key("pkcs11:object=k;pin-value=4321").unwrap_err();
+        assert!(!error.contains("4321"), "{error}");
+        let error = Selector::key("pkcs11:object=k?pin-value=4321").unwrap_err();
+        assert!(!error.contains("4321"), "{error}");
+        assert_eq!(Selector::key("PKCS11:object=k").unwrap().object.as_deref(), Some("k"));
     }
 
     #[test]

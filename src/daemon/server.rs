@@ -1,0 +1,207 @@
+//! The accept loop and each connection's read-answer loop: who is let in, how many at once,
+//! and how long a client may take to send a request or to read its answer.
+
+use super::connection::{Frame, Reader};
+use super::handler::Agent;
+use super::limits::{Slot, Slots};
+use crate::audit::Peer;
+use crate::log::Throttled;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+/// How long shutdown waits for connections to finish the request they are on.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long a connection may sit idle between requests before the daemon closes it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Warnings a flood of connections would repeat are logged at most once in this long.
+const FLOOD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How much the daemon lets each client take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once (another uid than the owner's gets a quarter of them).
+    pub max_connections: usize,
+    /// Time to finish a request line once started, and to take in an answer.
+    pub read_timeout: Duration,
+}
+
+/// The warnings a flood of connections would otherwise repeat once each.
+struct Floods {
+    busy: Throttled,
+    forbidden: Throttled,
+    stalled: Throttled,
+    unread: Throttled,
+}
+
+impl Floods {
+    const fn new() -> Self {
+        Floods {
+            busy: Throttled::new(FLOOD_INTERVAL),
+            forbidden: Throttled::new(FLOOD_INTERVAL),
+            stalled: Throttled::new(FLOOD_INTERVAL),
+            unread: Throttled::new(FLOOD_INTERVAL),
+        }
+    }
+
+    fn flush(&self) {
+        self.busy.flush("connections were turned away");
+        self.forbidden.flush("connections were refused");
+        self.stalled.flush("stalled connections were closed");
+        self.unread.flush("connections that did not read their answers were closed");
+    }
+}
+
+/// What becomes of an accepted connection.
+enum Admission {
+    Serve(Slot),
+    Busy,
+    Forbidden,
+}
+
+/// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
+/// comes, then waits for each connection to finish the request it is on.
+pub async fn serve(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let slots = Slots::new(limits.max_connections, agent.owner());
+    let floods = Arc::new(Floods::new());
+    // Each connection holds a clone; when all are dropped, every connection has ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let signals = super::shutdown_signal();
+    tokio::pin!(signals);
+    let for_connections = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => break,
+            () = &mut signals => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Read at accept, before the client can exec something else: the audit's
+                    // pid and executable are advisory all the same (docs/security.md).
+                    let peer = match stream.peer_cred() {
+                        Ok(cred) => Peer::new(cred.uid(), cred.pid()),
+                        Err(e) => {
+                            crate::warn!("cannot read a peer's credentials ({e}); closing the connection");
+                            continue;
+                        }
+                    };
+                    let admission = if !agent.admits(peer.uid) {
+                        Admission::Forbidden
+                    } else {
+                        slots.take(peer.uid).map_or(Admission::Busy, Admission::Serve)
+                    };
+                    let (agent, stop, done, floods) =
+                        (agent.clone(), for_connections.clone(), done_tx.clone(), floods.clone());
+                    tokio::spawn(async move {
+                        match admission {
+                            Admission::Serve(slot) => {
+                                serve_connection(stream, &agent, &peer, stop, limits.read_timeout, &floods).await;
+                                drop(slot);
+                            }
+                            Admission::Busy => {
+                                floods.busy.warn(format_args!(
+                                    "too many connections; turned away one of uid {}",
+                                    peer.uid
+                                ));
+                                say_and_close(stream, &agent.busy(), limits.read_timeout).await;
+                            }
+                            Admission::Forbidden => {
+                                floods.forbidden.warn(format_args!(
+                                    "refused a connection from uid {} (pid {:?})",
+                                    peer.uid, peer.pid
+                                ));
+                                say_and_close(stream, &agent.forbidden(&peer), limits.read_timeout).await;
+                            }
+                        }
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait, then go on serving.
+                    crate::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    crate::info!("stopping: no new connections; finishing requests in flight");
+    drop(listener);
+    agent.request_stop();
+    drop(done_tx);
+    if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
+        crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
+    }
+    floods.flush();
+}
+
+/// Writes the one answer a turned-away client gets, if it takes it in time, and closes.
+async fn say_and_close(mut stream: UnixStream, answer: &[u8], timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    agent: &Agent,
+    peer: &Peer,
+    mut stop: watch::Receiver<bool>,
+    read_timeout: Duration,
+    floods: &Floods,
+) {
+    let (read, write) = stream.into_split();
+    let mut writer = BufWriter::new(write);
+    let mut reader = Reader::new(read);
+    loop {
+        let frame = tokio::select! {
+            frame = reader.read_frame_within(IDLE_TIMEOUT, read_timeout) => frame,
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        };
+        let answer = match frame {
+            Ok(Frame::Line) => {
+                let answer = agent.handle(reader.line(), peer).await;
+                reader.wipe_line();
+                answer
+            }
+            Ok(Frame::TooLarge) => agent.too_large(peer),
+            Ok(Frame::Stalled) => {
+                floods
+                    .stalled
+                    .warn(format_args!("closed a connection of uid {} that stalled mid-request", peer.uid));
+                break;
+            }
+            Ok(Frame::Eof) | Err(_) => break,
+        };
+        // Pipelined requests already read get their answers in one write. A client that does
+        // not take its answers in time (it pipelines and never reads) is closed, not waited for.
+        let pipelined = reader.has_buffered();
+        let written = tokio::time::timeout(read_timeout, async {
+            writer.write_all(&answer).await?;
+            if !pipelined {
+                writer.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                floods.unread.warn(format_args!(
+                    "closed a connection of uid {} that did not read its answers within {read_timeout:?}",
+                    peer.uid
+                ));
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(read_timeout, writer.flush()).await;
+}
