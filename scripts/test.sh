@@ -51,6 +51,6 @@ kryoptic=$(./scripts/kryoptic.sh)
 step "cargo test --release (kryoptic: $kryoptic)"
 JWT_AGENT_TEST_BACKEND=kryoptic JWT_AGENT_TEST_MODULE=$kryoptic \
     cargo test --release --test signing --test protocol --test keys --test apple --test policy \
-    --test lifecycle --test faults --test hardening --test ecosystem
+    --test lifecycle --test faults --test hardening --test ecosystem --test trust
 
 step "all tests passed"

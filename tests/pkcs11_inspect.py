@@ -25,6 +25,11 @@ with token.open(user_pin=pin) as session:
         }
         if object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             entry["id"] = obj[Attribute.ID].hex()
+            for name in ("MODIFIABLE", "COPYABLE"):
+                try:
+                    entry[name.lower()] = bool(obj[getattr(Attribute, name)])
+                except AttributeTypeInvalid:
+                    pass
         if object_class == ObjectClass.DATA:
             entry["application"] = obj[Attribute.APPLICATION]
             entry["value"] = bytes(obj[Attribute.VALUE]).decode()

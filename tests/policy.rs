@@ -198,8 +198,15 @@ fn every_decision_is_one_audit_line() {
 #[test]
 fn an_audit_log_that_cannot_be_written_stops_signing() {
     let hsm = Hsm::new();
-    // /dev/full opens, and every write to it fails.
-    let _agent = hsm.agent_with(&["--audit-log", "/dev/full"]);
+    // The log is full to the daemon's file size limit, so every append fails (EFBIG). (This test
+    // used /dev/full until the daemon refused logs that are not private regular files.)
+    let audit = hsm.path("audit.jsonl");
+    std::fs::write(&audit, vec![b'\n'; 64 * 1024]).unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut command = hsm.daemon_command();
+    command.arg("--audit-log").arg(&audit);
+    limit_file_size(&mut command, 64 * 1024);
+    let _agent = Agent::spawn(command, hsm.socket());
     let (code, out, err) = run(hsm.cli().args(["sign", "--key", KEY]));
     assert_ne!(code, 0);
     assert!(out.is_empty(), "a token left the agent unaudited");
@@ -208,6 +215,21 @@ fn an_audit_log_that_cannot_be_written_stops_signing() {
     let (code, out, _) = run(hsm.cli().args(["sign-input", "--key", KEY, &input]));
     assert_ne!(code, 0);
     assert!(out.is_empty());
+}
+
+/// Runs the command with RLIMIT_FSIZE at `bytes`.
+fn limit_file_size(command: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[test]
@@ -250,6 +272,32 @@ fn other_uids_get_only_what_the_config_allows_them() {
     let (code, _, err) = as_nobody(&["stop"]);
     assert_eq!(code, 4);
     assert!(err.contains("only the agent's own uid"), "{err}");
+    // It sees only the key it may use, and not where the audit log is.
+    let (code, keys, err) = as_nobody(&["keys", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let labels: Vec<Value> = serde_json::from_str::<Value>(&keys)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].clone())
+        .collect();
+    assert_eq!(labels, vec![json!("ci")]);
+    let (_, status, _) = as_nobody(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["keys"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["audit_log"], Value::Null);
+    assert!(status["per_key"].get(KEY).is_none(), "{status}");
+    let (_, jwks, _) = as_nobody(&["pubkey", "--format", "jwks"]);
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+    let (code, _, err) = as_nobody(&["pubkey", KEY]);
+    assert_eq!(code, 4, "{err}");
+    // The owner still sees everything.
+    let (_, status, _) = run(hsm.cli().args(["status", "--json"]));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["keys"].as_array().unwrap().len(), 2);
+    assert!(status["audit_log"].is_string());
     assert!(hsm.socket().exists());
     let lines = audit_lines(&hsm.path("audit.jsonl"));
     assert!(lines.iter().any(|l| l["uid"] == 65534 && l["outcome"] == "signed" && l["key"] == "ci"));

@@ -15,6 +15,7 @@
  *     device_error      signing fails with CKR_DEVICE_ERROR
  *     pin_incorrect     every C_Login fails with CKR_PIN_INCORRECT
  *     hang MS           every C_Sign waits MS milliseconds first
+ *     final_try         C_GetTokenInfo reports CKF_USER_PIN_FINAL_TRY (one more wrong PIN locks)
  * FAULTY_PKCS11_LOG      if set, a file that gets one line per forwarded C_Login, C_OpenSession
  *                        and C_SignInit, so tests can count them
  *
@@ -46,6 +47,7 @@ typedef struct { CK_BYTE major, minor; } CK_VERSION;
 #define CKR_TOKEN_NOT_PRESENT 0xE0UL
 #define CKR_USER_NOT_LOGGED_IN 0x101UL
 #define CKR_GENERAL_ERROR 0x5UL
+#define CKF_USER_PIN_FINAL_TRY 0x20000UL
 
 /* The PKCS#11 2.40 function list: a version, then 68 function pointers in a fixed order. */
 #define FUNCTIONS 68
@@ -132,7 +134,10 @@ static CK_RV get_token_info(CK_SLOT_ID slot, void *info) {
     char f[64];
     fault(f, sizeof f);
     if (is(f, "removed")) return CKR_TOKEN_NOT_PRESENT;
-    return ((get_token_info_fn)real->fn[GET_TOKEN_INFO])(slot, info);
+    CK_RV rv = ((get_token_info_fn)real->fn[GET_TOKEN_INFO])(slot, info);
+    /* CK_TOKEN_INFO: label[32], manufacturerID[32], model[16], serialNumber[16], then flags. */
+    if (rv == CKR_OK && is(f, "final_try")) *(CK_FLAGS *)((char *)info + 96) |= CKF_USER_PIN_FINAL_TRY;
+    return rv;
 }
 
 static CK_RV open_session(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, void *notify, CK_SESSION_HANDLE *out) {
