@@ -404,7 +404,10 @@ held, busy = [], 0
 for _ in range(int(sys.argv[2])):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
-    s.sendall(b'{"op":"status"}\n')
+    try:
+        s.sendall(b'{"op":"status"}\n')
+    except BrokenPipeError:
+        pass  # turned away: the answer was sent, and the socket closed, before the request
     answer = json.loads(s.makefile().readline())
     if answer["ok"]:
         held.append(s)
