@@ -1,7 +1,7 @@
 //! The config file (TOML): every daemon flag under `[daemon]`, and per-key defaults and policy
 //! under `[keys.LABEL]`. An unknown field or a bad value is an error that names it.
 
-use crate::preset::Preset;
+use crate::jwt::preset::Preset;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,7 +114,7 @@ fn presets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Preset>>, D::Er
 
 fn ttl_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
-    crate::duration::parse(&text).map(|_| Some(text)).map_err(serde::de::Error::custom)
+    crate::jwt::time::parse(&text).map(|_| Some(text)).map_err(serde::de::Error::custom)
 }
 
 fn socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -136,7 +136,7 @@ pub fn parse_socket_mode(text: &str) -> Result<u32, String> {
 
 fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let text = String::deserialize(d)?;
-    crate::duration::parse(&text).map(|d| Some(d.as_secs())).map_err(serde::de::Error::custom)
+    crate::jwt::time::parse(&text).map(|d| Some(d.as_secs())).map_err(serde::de::Error::custom)
 }
 
 impl Config {

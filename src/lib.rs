@@ -7,30 +7,19 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
-pub mod audit;
-pub mod bench;
-pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod duration;
-pub mod error;
 pub mod files;
-pub mod jose;
-pub mod json;
-pub mod keyfile;
+pub mod jwt;
+pub mod key;
 pub mod log;
 pub mod memory;
 pub mod paths;
 pub mod pin;
-pub mod policy;
-pub mod preset;
-pub mod protocol;
-pub mod pubkey;
 pub mod token;
-pub mod trust;
-pub mod verify;
+pub mod wire;
 
 pub use client::{Client, ClientError};
-pub use error::{ErrorCode, WireError};
+pub use wire::{ErrorCode, WireError};

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use jwt_agent::Client;
-use jwt_agent::protocol::{PubkeyFormat, SignRequest};
+use jwt_agent::wire::{PubkeyFormat, SignRequest};
 use serde_json::{Map, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};

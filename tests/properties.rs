@@ -3,8 +3,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_agent::jose::{self, Alg};
-use jwt_agent::protocol::{self, Request, SignRequest};
+use jwt_agent::jwt::{self as jose, Alg};
+use jwt_agent::wire::{self as protocol, Request, SignRequest};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

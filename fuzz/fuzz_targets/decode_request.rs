@@ -2,7 +2,7 @@
 //! and a request it accepts re-encodes to a line it accepts again.
 #![no_main]
 
-use jwt_agent::protocol;
+use jwt_agent::wire as protocol;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {

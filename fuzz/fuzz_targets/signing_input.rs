@@ -2,7 +2,7 @@
 //! objects with a known `alg`, and never panics.
 #![no_main]
 
-use jwt_agent::jose::{self, Alg};
+use jwt_agent::jwt::{self as jose, Alg};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

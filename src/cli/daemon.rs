@@ -3,8 +3,8 @@
 use super::Failure;
 use crate::config::Config;
 use crate::daemon::{MAX_CONNECTIONS, Options, READ_TIMEOUT, SocketAccess};
-use crate::error::{EXIT_OTHER, EXIT_USAGE};
-use crate::policy::Policy;
+use crate::jwt::policy::Policy;
+use crate::wire::{EXIT_OTHER, EXIT_USAGE};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,7 +94,7 @@ impl DaemonArgs {
 }
 
 fn parse_duration(text: &str) -> Result<u64, String> {
-    crate::duration::parse(text).map(|d| d.as_secs())
+    crate::jwt::time::parse(text).map(|d| d.as_secs())
 }
 
 fn missing(flag: &str, field: &str) -> Failure {

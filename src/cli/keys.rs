@@ -1,10 +1,10 @@
 //! `import`, `generate`, `pubkey` and `verify`: the key lifecycle from the command line.
 
 use super::{Failure, SocketArgs, connect, print_line};
-use crate::error::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
-use crate::preset::Preset;
-use crate::protocol::{GenerateRequest, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
-use crate::pubkey::PublicKey;
+use crate::jwt::preset::Preset;
+use crate::key::PublicKey;
+use crate::wire::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
+use crate::wire::{GenerateRequest, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -168,9 +168,9 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     };
     let key =
         PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
-    let now = crate::jose::now();
+    let now = crate::jwt::now();
     let preset = args.preset.as_deref().map(str::parse::<Preset>).transpose().map_err(Failure::usage)?;
-    let verified = crate::verify::verify(&token, &key, now)
+    let verified = crate::jwt::verify::verify(&token, &key, now)
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
     if let Some(preset) = preset {
         preset

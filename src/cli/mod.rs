@@ -9,8 +9,8 @@ mod start;
 use daemon::DaemonArgs;
 
 use crate::client::{Client, ClientError};
-use crate::error::{EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
-use crate::protocol::SignRequest;
+use crate::wire::SignRequest;
+use crate::wire::{EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -164,11 +164,11 @@ struct SignArgs {
 }
 
 fn parse_ttl(text: &str) -> Result<String, String> {
-    crate::duration::parse(text).map(|_| text.to_owned())
+    crate::jwt::time::parse(text).map(|_| text.to_owned())
 }
 
 fn parse_preset(text: &str) -> Result<String, String> {
-    text.parse::<crate::preset::Preset>().map(|_| text.to_owned())
+    text.parse::<crate::jwt::preset::Preset>().map(|_| text.to_owned())
 }
 
 /// A failed command: what to print and the exit status.
@@ -265,7 +265,7 @@ fn run(command: Command) -> Result<(), Failure> {
             };
             let pin = crate::pin::read_pin_text(source, "PIN to unlock the agent: ")
                 .map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
-            connect(&args.socket)?.unlock(crate::protocol::SecretText(pin))?;
+            connect(&args.socket)?.unlock(crate::wire::SecretText(pin))?;
             print_line("The agent is unlocked.")
         }
         Command::Status(args) => {

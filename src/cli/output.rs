@@ -1,6 +1,6 @@
 //! How client commands print results for people (and `--json` for programs).
 
-use crate::protocol::{KeyInfo, StatusResult};
+use crate::wire::{KeyInfo, StatusResult};
 use std::fmt::Write;
 
 /// The `keys` listing: a table, or a JSON array.

@@ -3,7 +3,7 @@
 use super::{DaemonArgs, Failure};
 use crate::client::{Client, ClientError};
 use crate::daemon::Options;
-use crate::error::EXIT_OTHER;
+use crate::wire::EXIT_OTHER;
 use crate::{paths, pin};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;

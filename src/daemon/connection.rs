@@ -2,7 +2,7 @@
 //! module owns, so that the bytes of a request (which may carry a PIN or a private key) are
 //! wiped as soon as it has been handled.
 
-use crate::protocol::MAX_LINE;
+use crate::wire::MAX_LINE;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use zeroize::Zeroize;

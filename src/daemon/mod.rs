@@ -1,7 +1,9 @@
 //! The daemon: loads the token, listens on the socket, serves connections until told to stop.
 
+mod agent;
+pub mod audit;
+pub mod cache;
 mod connection;
-mod handler;
 mod harden;
 mod limits;
 mod listener;
@@ -10,15 +12,15 @@ mod signing;
 mod sinks;
 mod systemd;
 
-pub use handler::Agent;
+pub use agent::Agent;
 pub use server::{Limits, serve};
 
-use crate::audit::AuditLog;
-use crate::error::{EXIT_OTHER, EXIT_TOKEN};
+use crate::daemon::audit::AuditLog;
+use crate::jwt::policy::Policy;
 use crate::pin::{self, PinSource};
-use crate::policy::Policy;
 use crate::token::Token;
 use crate::token::pool::Pool;
+use crate::wire::{EXIT_OTHER, EXIT_TOKEN};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! The accept loop and each connection's read-answer loop: who is let in, how many at once,
 //! and how long a client may take to send a request or to read its answer.
 
+use super::agent::Agent;
 use super::connection::{Frame, Reader};
-use super::handler::Agent;
 use super::limits::{Slot, Slots};
-use crate::audit::Peer;
+use crate::daemon::audit::Peer;
 use crate::log::Throttled;
 use std::sync::Arc;
 use std::time::Duration;

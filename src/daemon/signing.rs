@@ -1,15 +1,15 @@
 //! `sign` and `sign_input`: presets, policy, the token cache and the audit record around one
 //! signature made inside the token.
 
-use super::handler::Agent;
-use crate::audit::{Outcome, Peer, Record};
-use crate::cache::{Entry, TokenCache};
-use crate::error::WireError;
-use crate::jose;
-use crate::preset::Preset;
-use crate::protocol::{SignInputResult, SignRequest, SignResult};
+use super::agent::Agent;
+use crate::daemon::audit::{Outcome, Peer, Record};
+use crate::daemon::cache::{Entry, TokenCache};
+use crate::jwt;
+use crate::jwt::preset::Preset;
 use crate::token::TokenError;
 use crate::token::uri::redact;
+use crate::wire::WireError;
+use crate::wire::{SignInputResult, SignRequest, SignResult};
 use serde_json::{Map, Value};
 
 /// A token just signed, with what it was made of.
@@ -31,7 +31,7 @@ impl Agent {
     ) -> Result<SignInputResult, WireError> {
         record.key = Some(redact(&key).into_owned());
         self.check_unlocked()?;
-        let parsed = jose::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?;
+        let parsed = jwt::parse_signing_input(&input).map_err(|e| WireError::bad_request(e.to_string()))?;
         record.token(&parsed.header, &parsed.claims, &input);
         let (policy, uid) = (self.policy.clone(), peer.uid);
         let (token, label, preset) = self
@@ -40,10 +40,10 @@ impl Agent {
                 let label = &key.info.label;
                 // The policy reads the claims of what it is asked to sign.
                 let preset = policy
-                    .check(label, uid, None, &parsed.header, &parsed.claims, jose::now())
+                    .check(label, uid, None, &parsed.header, &parsed.claims, jwt::now())
                     .map_err(TokenError::Denied)?;
                 let signature = token.sign(session, &key, parsed.alg, input.as_bytes())?;
-                Ok((jose::compact(&input, &signature), label.clone(), preset))
+                Ok((jwt::compact(&input, &signature), label.clone(), preset))
             })
             .await?;
         record.preset = preset.map(Preset::name);
@@ -68,7 +68,7 @@ impl Agent {
         record.preset = preset.map(Preset::name);
         let ttl_secs = ttl
             .as_deref()
-            .map(crate::duration::parse)
+            .map(crate::jwt::time::parse)
             .transpose()
             .map_err(WireError::bad_request)?
             .map(|d| d.as_secs());
@@ -76,7 +76,7 @@ impl Agent {
         // `sign --key K --preset P` share their tokens.
         let cached_preset = preset.or_else(|| self.policy.key(&key).and_then(|k| k.preset));
         let cache_key = TokenCache::key(&key, cached_preset, &header, &claims, ttl.as_deref());
-        let now = jose::now();
+        let now = jwt::now();
         if !fresh && let Some(entry) = cache_key.as_deref().and_then(|k| self.cache.get(k, now)) {
             // Shared across clients, so the asking uid is checked against the key's policy anew.
             let (input, _) = entry.token.rsplit_once('.').unwrap_or_default();
@@ -113,22 +113,22 @@ impl Agent {
                 }
                 match preset {
                     Some(preset) => preset
-                        .fill(&mut header, &mut claims, ttl_secs, key.info.kid.as_deref(), jose::now())
+                        .fill(&mut header, &mut claims, ttl_secs, key.info.kid.as_deref(), jwt::now())
                         .map_err(|e| TokenError::Refused(e.to_string()))?,
                     None => plain(&mut header, &mut claims, ttl_secs).map_err(TokenError::Refused)?,
                 }
                 let alg = match header.get("alg") {
                     None => key.alg,
-                    Some(_) => jose::header_alg(&header).map_err(|e| TokenError::Refused(e.to_string()))?,
+                    Some(_) => jwt::header_alg(&header).map_err(|e| TokenError::Refused(e.to_string()))?,
                 };
                 header.insert("alg".into(), Value::from(alg.name()));
-                jose::check_header(&header).map_err(|e| TokenError::Refused(e.to_string()))?;
+                jwt::check_header(&header).map_err(|e| TokenError::Refused(e.to_string()))?;
                 let preset = policy
-                    .check(&label, uid, preset, &header, &claims, jose::now())
+                    .check(&label, uid, preset, &header, &claims, jwt::now())
                     .map_err(TokenError::Denied)?;
-                let input = jose::encode_signing_input(&header, &claims);
+                let input = jwt::encode_signing_input(&header, &claims);
                 let signature = token.sign(session, &key, alg, input.as_bytes())?;
-                Ok(Minted { token: jose::compact(&input, &signature), label, preset, header, claims })
+                Ok(Minted { token: jwt::compact(&input, &signature), label, preset, header, claims })
             })
             .await?;
         let (input, _) = minted.token.rsplit_once('.').unwrap_or_default();
@@ -167,7 +167,7 @@ fn plain(
     header.entry("typ").or_insert_with(|| Value::from("JWT"));
     let iat = match claims.get("iat") {
         None => {
-            let now = jose::now();
+            let now = jwt::now();
             claims.insert("iat".into(), Value::from(now));
             now
         }

@@ -2,10 +2,10 @@
 //! for tools that read their bearer token from a file. Each is renewed when half its lifetime
 //! is gone (an APNs token when it is 50 minutes old), replaced atomically, and made 0600.
 
-use super::handler::Agent;
+use super::agent::Agent;
 use crate::config::Sink;
-use crate::preset::APNS_REUSE_SECS;
-use crate::protocol::SignRequest;
+use crate::jwt::preset::APNS_REUSE_SECS;
+use crate::wire::SignRequest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ fn renew_in(token: &str) -> Duration {
         .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
         .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
     let time = |name: &str| claims.as_ref().and_then(|c| c.get(name)).and_then(serde_json::Value::as_u64);
-    let now = crate::jose::now();
+    let now = crate::jwt::now();
     let renew_at = match (time("iat"), time("exp")) {
         (Some(iat), Some(exp)) => exp - (exp.saturating_sub(iat)) / 2 + 1,
         (Some(iat), None) => iat + APNS_REUSE_SECS,

@@ -4,9 +4,9 @@
 
 use super::TokenError;
 use super::keys::{self, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
-use crate::jose::{Alg, Family};
-use crate::keyfile::PrivateKey;
-use crate::pubkey::{Curve, PublicKey};
+use crate::jwt::{Alg, Family};
+use crate::key::file::PrivateKey;
+use crate::key::{Curve, PublicKey};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;

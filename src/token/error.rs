@@ -1,8 +1,8 @@
 //! What can go wrong on the token, in sentences a user can act on.
 
-use crate::error::{ErrorCode, WireError};
-use crate::jose::Alg;
-use crate::protocol::PinCounters;
+use crate::jwt::Alg;
+use crate::wire::PinCounters;
+use crate::wire::{ErrorCode, WireError};
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 

@@ -2,9 +2,9 @@
 
 use super::TokenError;
 use super::uri::{Selector, hex};
-use crate::jose::{Alg, Family};
-use crate::protocol::KeyInfo;
-use crate::pubkey::{Curve, PublicKey};
+use crate::jwt::{Alg, Family};
+use crate::key::{Curve, PublicKey};
+use crate::wire::KeyInfo;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;

@@ -14,8 +14,8 @@ pub use create::NewKey;
 pub use error::TokenError;
 pub use keys::{Key, KeyKind};
 
-use crate::jose::Alg;
-use crate::protocol::{KeyInfo, PinCounters, TokenStatus};
+use crate::jwt::Alg;
+use crate::wire::{KeyInfo, PinCounters, TokenStatus};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::MechanismType;

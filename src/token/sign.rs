@@ -3,7 +3,7 @@
 
 use super::TokenError;
 use super::keys::{Key, KeyKind};
-use crate::jose::{Alg, Family, Hash};
+use crate::jwt::{Alg, Family, Hash};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -111,8 +111,8 @@ fn pss(hash_alg: MechanismType, mgf: PkcsMgfType, salt_len: u64) -> PkcsPssParam
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::KeyInfo;
-    use crate::pubkey::Curve;
+    use crate::key::Curve;
+    use crate::wire::KeyInfo;
 
     fn key(kind: KeyKind, allowed: Vec<MechanismType>) -> Key {
         Key {

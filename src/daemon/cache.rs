@@ -2,7 +2,7 @@
 //! still take them. Apple asks callers to reuse tokens, and APNs answers 429 to tokens refreshed
 //! more often than every 20 minutes. `sign-input` is never cached.
 
-use crate::preset::{APNS_REUSE_SECS, Preset};
+use crate::jwt::preset::{APNS_REUSE_SECS, Preset};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;

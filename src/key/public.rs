@@ -1,7 +1,7 @@
 //! Public keys of every supported type: SPKI (PEM and DER), JWK, RFC 7638 thumbprints,
 //! fingerprints, and JWS signature verification. No private key ever passes through here.
 
-use crate::jose::{Alg, Family};
+use crate::jwt::{Alg, Family};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use rsa::traits::PublicKeyParts;

@@ -1,13 +1,15 @@
 //! `jwt-agent bench`: the agent's throughput and latency under load, and with `--direct` the
 //! token's own, measured side by side in one run.
 
+mod load;
+
 use super::{Failure, SocketArgs, connect, print_line};
-use crate::bench::{self, Direct, Samples, Stats};
-use crate::error::{EXIT_OTHER, EXIT_TOKEN, EXIT_USAGE};
-use crate::jose::Alg;
+use crate::jwt::Alg;
 use crate::pin::{self, PinSource};
-use crate::protocol::{Request, SignRequest};
+use crate::wire::{EXIT_OTHER, EXIT_TOKEN, EXIT_USAGE};
+use crate::wire::{Request, SignRequest};
 use clap::Args;
+use load::{Direct, Samples, Stats};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,7 +60,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             SignRequest { key: key.label.clone(), claims, ttl: Some("20m".into()), ..SignRequest::default() };
         Request::Sign(sign)
     } else {
-        Request::SignInput { key: key.label.clone(), input: bench::signing_input(alg) }
+        Request::SignInput { key: key.label.clone(), input: load::signing_input(alg) }
     };
     let mut direct = if args.direct {
         let source = args.pin_file.as_deref().map_or(PinSource::EnvOrPrompt, PinSource::File);
@@ -80,7 +82,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let mut done = Duration::ZERO;
     while done < total {
         let this = slice.min(total - done);
-        let samples = bench::agent_slice(&socket, usize::from(args.connections), this, &request)?;
+        let samples = load::agent_slice(&socket, usize::from(args.connections), this, &request)?;
         agent.add(samples);
         if let Some(direct) = direct.as_mut() {
             let samples =

@@ -7,17 +7,19 @@
 //! # Ok::<(), jwt_agent::ClientError>(())
 //! ```
 
-use crate::error::{ErrorCode, WireError};
-use crate::protocol::{
+use crate::wire::{
     self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, LockResult, PubkeyFormat,
     PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
-use crate::trust::Trusted;
+use crate::wire::{ErrorCode, WireError};
+pub mod trust;
+
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use trust::Trusted;
 
 /// How long the client waits for an answer before giving up on the agent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,7 +74,7 @@ pub struct Client {
 impl Client {
     /// Connects to the agent at `path`, after checking that the socket's folder and the process
     /// listening on it are this user's own (or root's, or `$JWT_AGENT_UID`'s): see
-    /// [`crate::trust`]. Nothing is sent to a socket that fails those checks.
+    /// [`trust`]. Nothing is sent to a socket that fails those checks.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
         let untrusted = |reason| ClientError::Untrusted { path: path.to_path_buf(), reason };
@@ -95,7 +97,7 @@ impl Client {
     pub fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = protocol::encode_request((!request.has_own_id()).then_some(id), request)
+        let line = wire::encode_request((!request.has_own_id()).then_some(id), request)
             .map_err(|e| WireError::bad_request(format!("cannot encode the request: {e}")))?;
         // A daemon that refuses the connection says why and closes; that answer may already be
         // waiting when the write fails, so read it before reporting the write error.
@@ -109,7 +111,7 @@ impl Client {
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the agent closed the connection");
             return Err(closed.into());
         }
-        Ok(protocol::decode_answer(&answer)?)
+        Ok(wire::decode_answer(&answer)?)
     }
 
     /// Signs JWS signing input built by the caller; returns the compact token.

@@ -5,9 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-mod alg;
-
-pub use alg::{Alg, Family, Hash};
+use super::alg::Alg;
 
 /// Why a signing input or header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,7 +83,7 @@ pub fn header_alg(header: &Map<String, Value>) -> Result<Alg, JoseError> {
 fn decode_object(segment: &str, which: &'static str) -> Result<Map<String, Value>, JoseError> {
     // The base64 engine refuses padding, `+`, `/` and non-canonical trailing bits.
     let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| JoseError::Base64(which))?;
-    crate::json::parse_object(&bytes).map_err(|e| JoseError::Json(which, e.to_string()))
+    crate::jwt::json::parse_object(&bytes).map_err(|e| JoseError::Json(which, e.to_string()))
 }
 
 /// Encodes header and claims as signing input.

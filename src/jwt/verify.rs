@@ -1,8 +1,8 @@
 //! Verifying a JWT: its signature against a public key, and its times. What `jwt-agent verify`
 //! does, so that a token can be checked without a third-party tool.
 
-use crate::jose::Alg;
-use crate::pubkey::{KeyError, PublicKey};
+use crate::jwt::Alg;
+use crate::key::{KeyError, PublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
@@ -110,7 +110,7 @@ fn check_times(claims: &Map<String, Value>, now: u64) -> Result<(), VerifyError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jose::{compact, encode_signing_input};
+    use crate::jwt::{compact, encode_signing_input};
     use p256::ecdsa::signature::Signer;
     use serde_json::json;
 

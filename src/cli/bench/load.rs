@@ -3,10 +3,10 @@
 //! (`--direct`), in interleaved slices of one run so that both see the same machine.
 
 use crate::client::ClientError;
-use crate::jose::{self, Alg};
-use crate::protocol::Request;
+use crate::jwt::{self, Alg};
 use crate::token::Token;
 use crate::token::TokenError;
+use crate::wire::Request;
 use cryptoki::types::AuthPin;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -77,8 +77,8 @@ pub fn signing_input(alg: Alg) -> String {
     header.insert("typ".into(), Value::from("JWT"));
     let mut claims = Map::new();
     claims.insert("iss".into(), Value::from("jwt-agent bench"));
-    claims.insert("iat".into(), Value::from(jose::now()));
-    jose::encode_signing_input(&header, &claims)
+    claims.insert("iat".into(), Value::from(jwt::now()));
+    jwt::encode_signing_input(&header, &claims)
 }
 
 /// One slice of agent load: `connections` closed loops of `request` for `duration`. Like
@@ -92,12 +92,11 @@ pub fn agent_slice(
     duration: Duration,
     request: &Request,
 ) -> Result<Samples, ClientError> {
-    let line: Arc<[u8]> =
-        crate::protocol::encode_request(None, request).map_err(std::io::Error::other)?.into();
+    let line: Arc<[u8]> = crate::wire::encode_request(None, request).map_err(std::io::Error::other)?.into();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // The same checks as `Client::connect`: nothing goes to a socket this user does not trust.
     let untrusted = |reason| ClientError::Untrusted { path: socket.to_path_buf(), reason };
-    let trusted = crate::trust::Trusted::from_env().map_err(untrusted)?;
+    let trusted = crate::client::trust::Trusted::from_env().map_err(untrusted)?;
     trusted.check_folder(socket).map_err(untrusted)?;
     runtime.block_on(async {
         let mut streams = Vec::with_capacity(connections);
@@ -196,7 +195,7 @@ impl Direct {
                             .and_then(|k| token.sign(&session, &k, alg, input.as_bytes()));
                         match signed {
                             Ok(signature) => {
-                                std::hint::black_box(jose::compact(&input, &signature));
+                                std::hint::black_box(jwt::compact(&input, &signature));
                                 samples.latencies.push(micros(sent.elapsed()));
                             }
                             Err(_) => samples.errors += 1,

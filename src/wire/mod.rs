@@ -4,7 +4,9 @@
 //! [`crate::Client`] to encode. This module knows nothing of sockets or tokio; see
 //! `docs/protocol.md` for the format with examples.
 
-use crate::error::{ErrorCode, WireError};
+mod error;
+
+pub use error::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -357,9 +359,9 @@ pub struct Incoming {
 /// request decodes to the error its answer must carry. A member named twice, at any depth, is
 /// refused; every string the line held is wiped once the request is decoded.
 pub fn decode_request(line: &[u8]) -> Incoming {
-    let mut object = match crate::json::parse_object(line) {
+    let mut object = match crate::jwt::json::parse_object(line) {
         Ok(object) => object,
-        Err(crate::json::ParseError::NotObject) => {
+        Err(crate::jwt::json::ParseError::NotObject) => {
             return Incoming::error(None, WireError::bad_request("a request must be a JSON object"));
         }
         Err(e) => return Incoming::error(None, WireError::bad_request(format!("the request is {e}"))),
@@ -370,7 +372,7 @@ pub fn decode_request(line: &[u8]) -> Incoming {
         id.as_ref().filter(|id| !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null()))
     {
         let message = format!("`id` must be a string or an integer, not {bad}");
-        crate::json::wipe(Value::Object(object));
+        crate::jwt::json::wipe(Value::Object(object));
         return Incoming::error(None, WireError::bad_request(message));
     }
     let op = match object.remove("op") {
@@ -379,7 +381,7 @@ pub fn decode_request(line: &[u8]) -> Incoming {
         None => return Incoming::error(id, WireError::bad_request("the request has no `op`")),
     };
     if !Request::OPS.contains(&op.as_str()) {
-        crate::json::wipe(Value::Object(object));
+        crate::jwt::json::wipe(Value::Object(object));
         let message = format!("unknown op {op:?}; this agent knows {}", Request::OPS.join(", "));
         return Incoming::error(id, WireError::new(ErrorCode::UnknownOp, message));
     }
@@ -393,7 +395,7 @@ pub fn decode_request(line: &[u8]) -> Incoming {
     // (a PIN or a key into `SecretText`, which wipes itself), and the tree is wiped after.
     let request =
         Request::decode(&op, &fields).map_err(|e| WireError::bad_request(format!("invalid request: {e}")));
-    crate::json::wipe(fields);
+    crate::jwt::json::wipe(fields);
     Incoming { id, request }
 }
 

@@ -1,19 +1,18 @@
 //! What the daemon does with each request: decode, check, run on the session pool, audit,
 //! answer. Signing itself is in `signing.rs`.
 
-use crate::audit::{AuditLog, Outcome, Peer, Record};
-use crate::cache::TokenCache;
-use crate::error::{ErrorCode, WireError};
-use crate::jose::Alg;
-use crate::keyfile;
-use crate::policy::Policy;
-use crate::protocol::{
-    self, CacheStatus, Counters, GenerateRequest, ImportRequest, KeyCounters, KeyResult, KeysResult,
-    LockResult, PoolStatus, PubkeyFormat, PubkeyResult, Request, SecretText, StatusResult, StopResult,
-};
+use crate::daemon::audit::{AuditLog, Outcome, Peer, Record};
+use crate::daemon::cache::TokenCache;
+use crate::jwt::Alg;
+use crate::jwt::policy::Policy;
 use crate::token::pool::Pool;
 use crate::token::uri::parse_hex;
 use crate::token::{NewKey, Token, TokenError};
+use crate::wire::{
+    self, CacheStatus, Counters, GenerateRequest, ImportRequest, KeyCounters, KeyResult, KeysResult,
+    LockResult, PoolStatus, PubkeyFormat, PubkeyResult, Request, SecretText, StatusResult, StopResult,
+};
+use crate::wire::{ErrorCode, WireError};
 use cryptoki::session::Session;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -47,8 +46,8 @@ pub struct Agent {
 #[derive(Serialize)]
 #[serde(untagged)]
 pub(super) enum Reply {
-    SignInput(protocol::SignInputResult),
-    Sign(protocol::SignResult),
+    SignInput(wire::SignInputResult),
+    Sign(wire::SignResult),
     Keys(KeysResult),
     Pubkey(PubkeyResult),
     Key(KeyResult),
@@ -80,7 +79,7 @@ impl Agent {
             refusals: AtomicU64::new(0),
             token_errors: AtomicU64::new(0),
             per_key: Mutex::new(BTreeMap::new()),
-            last_used: AtomicU64::new(crate::jose::now()),
+            last_used: AtomicU64::new(crate::jwt::now()),
         }
     }
 
@@ -102,7 +101,7 @@ impl Agent {
     /// Answers one request line (newline removed) from `peer` with one answer line (newline
     /// included), and writes the decision to the audit log.
     pub async fn handle(&self, line: &[u8], peer: &Peer) -> Vec<u8> {
-        let incoming = protocol::decode_request(line);
+        let incoming = wire::decode_request(line);
         let id = incoming.id.as_ref();
         let mut record = Record::new(peer, self.audit.is_some());
         let result = match incoming.request {
@@ -110,7 +109,7 @@ impl Agent {
             Err(error) => Err(error),
         };
         match result {
-            Ok(reply) => protocol::encode_ok(id, &reply),
+            Ok(reply) => wire::encode_ok(id, &reply),
             Err(error) => self.refuse(id, &error, record),
         }
     }
@@ -189,16 +188,16 @@ impl Agent {
 
     /// Notes that a key was used now (for `--lock-after`).
     pub(super) fn touch(&self) {
-        self.last_used.store(crate::jose::now(), Ordering::Relaxed);
+        self.last_used.store(crate::jwt::now(), Ordering::Relaxed);
     }
 
     /// Seconds since a key was last used.
     pub fn idle_secs(&self) -> u64 {
-        crate::jose::now().saturating_sub(self.last_used.load(Ordering::Relaxed))
+        crate::jwt::now().saturating_sub(self.last_used.load(Ordering::Relaxed))
     }
 
     /// Signs for the daemon itself (a token sink), under its own uid and audited as such.
-    pub(super) async fn sign_as_daemon(&self, request: protocol::SignRequest) -> Result<String, WireError> {
+    pub(super) async fn sign_as_daemon(&self, request: wire::SignRequest) -> Result<String, WireError> {
         let peer = Peer {
             uid: crate::paths::euid(),
             pid: i32::try_from(std::process::id()).ok(),
@@ -234,12 +233,12 @@ impl Agent {
     /// The one answer a client over the connection limit gets.
     pub fn busy(&self) -> Vec<u8> {
         let message = "the agent serves as many connections as it may; retry shortly";
-        protocol::encode_error(None, &WireError::new(ErrorCode::Busy, message))
+        wire::encode_error(None, &WireError::new(ErrorCode::Busy, message))
     }
 
     /// The answer to a line longer than the protocol allows.
     pub fn too_large(&self, peer: &Peer) -> Vec<u8> {
-        let message = format!("the request is longer than {} bytes", protocol::MAX_LINE);
+        let message = format!("the request is longer than {} bytes", wire::MAX_LINE);
         self.refuse(
             None,
             &WireError::new(ErrorCode::TooLarge, message),
@@ -277,7 +276,7 @@ impl Agent {
         record.reason = Some(error.message.clone());
         // A refusal is answered whether or not it could be logged; commit already warned.
         let _ = self.commit(&record);
-        protocol::encode_error(id, error)
+        wire::encode_error(id, error)
     }
 
     pub(super) fn count_signature(&self, label: &str, cached: bool) {
@@ -376,7 +375,7 @@ impl Agent {
     async fn import(&self, request: ImportRequest, record: &mut Record) -> Result<KeyResult, WireError> {
         let ImportRequest { pkcs8_pem, label, kid, id } = request;
         record.key = label.clone().or_else(|| kid.clone());
-        let key = keyfile::parse_pem(&pkcs8_pem.0)
+        let key = crate::key::file::parse_pem(&pkcs8_pem.0)
             .map_err(|e| WireError::bad_request(format!("{e}; nothing was created")))?;
         drop(pkcs8_pem);
         let label =

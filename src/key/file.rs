@@ -1,7 +1,7 @@
 //! Private key files: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), which is what Apple's `.p8`
 //! files are. Used only to put a key on the token; every buffer that holds key bytes is zeroized.
 
-use crate::pubkey::{Curve, PublicKey};
+use crate::key::{Curve, PublicKey};
 use pkcs8::der::Decode;
 use zeroize::{Zeroize, Zeroizing};
 

@@ -2,8 +2,8 @@
 //! `[keys.LABEL]` rules of the config, enforced on every request, `sign-input` included.
 
 use crate::config::{Config, KeyPolicy};
-use crate::jose::MAX_IAT_AHEAD_SECS;
-use crate::preset::Preset;
+use crate::jwt::MAX_IAT_AHEAD_SECS;
+use crate::jwt::preset::Preset;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! anything is signed. The same checks serve `sign --preset`, the policy on `sign-input`, and
 //! `verify --preset`.
 
-use crate::jose::MAX_IAT_AHEAD_SECS;
+use crate::jwt::MAX_IAT_AHEAD_SECS;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::str::FromStr;
