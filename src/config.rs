@@ -1,7 +1,9 @@
 //! The config file (TOML): every daemon flag under `[daemon]`, and per-key defaults and policy
 //! under `[keys.LABEL]`. An unknown field or a bad value is an error that names it.
 
+use crate::jwt::Ttl;
 use crate::jwt::preset::Preset;
+use crate::wire::PresetName;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,9 @@ pub struct Config {
     /// Files the daemon keeps holding a valid token, for tools that read one from a file.
     #[serde(default)]
     pub sinks: Vec<Sink>,
+    /// Presets of the user's own, by name, of the same form as the built-in ones.
+    #[serde(default)]
+    pub presets: BTreeMap<String, Preset>,
 }
 
 /// `[[sinks]]`: a file kept holding a valid token, renewed before it expires, replaced
@@ -31,11 +36,9 @@ pub struct Sink {
     /// The file.
     pub path: PathBuf,
     /// A preset, as `sign --preset` takes it.
-    #[serde(default, deserialize_with = "preset")]
-    pub preset: Option<Preset>,
+    pub preset: Option<PresetName>,
     /// The lifetime, as `sign --ttl` takes it.
-    #[serde(default, deserialize_with = "ttl_text")]
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     /// Header members, as `sign --header`.
     #[serde(default)]
     pub header: serde_json::Map<String, serde_json::Value>,
@@ -84,37 +87,19 @@ pub struct DaemonConfig {
 #[serde(deny_unknown_fields)]
 pub struct KeyPolicy {
     /// The preset `sign --key LABEL` uses when none is given.
-    #[serde(default, deserialize_with = "preset")]
-    pub preset: Option<Preset>,
+    pub preset: Option<String>,
     /// The `kid` header when none is given.
     pub kid: Option<String>,
     /// The `iss` claim when none is given.
     pub iss: Option<String>,
     /// The only presets the key may sign for (`sign-input` must meet one of them).
-    #[serde(default, deserialize_with = "presets")]
-    pub presets: Option<Vec<Preset>>,
+    pub presets: Option<Vec<String>>,
     /// The only `aud` values its tokens may carry.
     pub allowed_aud: Option<Vec<String>>,
-    /// The longest lifetime (`exp - iat`) its tokens may have.
-    #[serde(default, deserialize_with = "ttl")]
-    pub max_ttl: Option<u64>,
+    /// The longest lifetime its tokens may have (`exp - iat`, and `exp - now`).
+    pub max_ttl: Option<Ttl>,
     /// Uids besides the daemon's own that may use the key (instead of `[daemon] allowed_uids`).
     pub allowed_uids: Option<Vec<u32>>,
-}
-
-fn preset<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Preset>, D::Error> {
-    let name = String::deserialize(d)?;
-    name.parse().map(Some).map_err(serde::de::Error::custom)
-}
-
-fn presets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Preset>>, D::Error> {
-    let names = Vec::<String>::deserialize(d)?;
-    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect::<Result<_, _>>().map(Some)
-}
-
-fn ttl_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::jwt::time::parse(&text).map(|_| Some(text)).map_err(serde::de::Error::custom)
 }
 
 fn socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -158,9 +143,11 @@ impl Config {
                 *file = base.join(&*file);
             }
         }
+        crate::jwt::policy::Policy::new(0, &config)
+            .map_err(|e| format!("the config {}: {e}", path.display()))?;
         for (label, key) in &config.keys {
-            if let (Some(preset), Some(allowed)) = (key.preset, &key.presets)
-                && !allowed.contains(&preset)
+            if let (Some(preset), Some(allowed)) = (&key.preset, &key.presets)
+                && !allowed.contains(preset)
             {
                 return Err(format!(
                     "the config {}: keys.{label}.preset {preset} is not among keys.{label}.presets",
@@ -218,8 +205,8 @@ mod tests {
         assert_eq!(config.daemon.token.as_deref(), Some("release"));
         assert!(config.daemon.audit_log.unwrap().is_absolute());
         let key = &config.keys["ABC123DEFG"];
-        assert_eq!(key.preset, Some(Preset::AppStoreConnect));
-        assert_eq!(key.max_ttl, Some(1200));
+        assert_eq!(key.preset.as_deref(), Some("app-store-connect"));
+        assert_eq!(key.max_ttl.map(Ttl::secs), Some(1200));
         assert_eq!(key.allowed_uids, Some(vec![1001]));
     }
 

@@ -8,31 +8,52 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Why a folder is not one to trust.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsafe {
+    /// It, or a folder above it, belongs to another uid.
+    #[error("the folder {} belongs to uid {uid}", path.display())]
+    Owner {
+        /// The folder.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Others may write to it, or to a folder above it that is not sticky.
+    #[error("the folder {} is writable by others (mode {mode:04o})", path.display())]
+    Writable {
+        /// The folder.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// It cannot be resolved or inspected, or is no folder.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// Checks that only root and `owners` can change what `dir` holds: `dir` belongs to one of them
 /// and no one else may write to it, and every folder above it belongs to one of them and is not
 /// writable by others unless it is sticky (like `/tmp`, where only an entry's owner may rename or
 /// remove it). Returns `dir` with symlinks resolved: use that path from then on, so that a
 /// symlink swapped later changes nothing.
-pub fn check_folder(dir: &Path, owners: &[u32]) -> Result<PathBuf, String> {
+pub fn check_folder(dir: &Path, owners: &[u32]) -> Result<PathBuf, Unsafe> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let real = std::fs::canonicalize(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| Unsafe::Unusable(format!("cannot resolve {}: {e}", dir.display())))?;
     for (depth, folder) in real.ancestors().enumerate() {
-        let meta =
-            std::fs::metadata(folder).map_err(|e| format!("cannot inspect {}: {e}", folder.display()))?;
+        let meta = std::fs::metadata(folder)
+            .map_err(|e| Unsafe::Unusable(format!("cannot inspect {}: {e}", folder.display())))?;
         if !meta.is_dir() {
-            return Err(format!("{} is not a folder", folder.display()));
+            return Err(Unsafe::Unusable(format!("{} is not a folder", folder.display())));
         }
         if meta.uid() != 0 && !owners.contains(&meta.uid()) {
-            return Err(format!("the folder {} belongs to uid {}", folder.display(), meta.uid()));
+            return Err(Unsafe::Owner { path: folder.to_path_buf(), uid: meta.uid() });
         }
         let writable_by_others = meta.mode() & 0o022 != 0;
         let sticky = meta.mode() & 0o1000 != 0;
         if writable_by_others && (depth == 0 || !sticky) {
-            return Err(format!(
-                "the folder {} is writable by others (mode {:04o})",
-                folder.display(),
-                meta.mode() & 0o7777
-            ));
+            return Err(Unsafe::Writable { path: folder.to_path_buf(), mode: meta.mode() & 0o7777 });
         }
     }
     Ok(real)
@@ -159,7 +180,7 @@ mod tests {
         mode(&private, 0o700);
         assert!(check_folder(&private, &[euid]).is_ok());
         mode(&private, 0o770);
-        assert!(check_folder(&private, &[euid]).unwrap_err().contains("writable by others"));
+        assert!(matches!(check_folder(&private, &[euid]), Err(Unsafe::Writable { mode: 0o770, .. })));
         // Sticky and writable by all, like /tmp: fine above, not as the folder itself.
         mode(&private, 0o1777);
         assert!(check_folder(&private, &[euid]).is_err());
@@ -169,7 +190,7 @@ mod tests {
         assert!(check_folder(&inner, &[euid]).is_ok());
         // Not sticky: anyone could rename `inner` away and put their own in its place.
         mode(&private, 0o777);
-        assert!(check_folder(&inner, &[euid]).unwrap_err().contains("writable by others"));
+        assert!(check_folder(&inner, &[euid]).unwrap_err().to_string().contains("writable by others"));
         mode(&private, 0o700);
         // A symlink is resolved, and what it points to is what gets checked.
         let link = dir.path().join("link");

@@ -204,7 +204,12 @@ fn what_apple_would_reject_never_leaves_the_agent() {
     let (code, _, err) = run(hsm.cli().args(["sign", "--key", "p384", "--preset", "apns", "--iss", "T"]));
     assert_eq!(code, 4);
     assert!(err.contains("not ES256"), "{err}");
+    // Any preset name goes to the daemon, whose config may define more presets; it refuses one it
+    // does not know, naming those it does (this was a usage error, 2, when the CLI knew them all).
     let (code, _, err) = run(hsm.cli().args(["sign", "--key", KEY, "--preset", "asc"]));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("unknown preset \"asc\"") && err.contains("app-store-connect"), "{err}");
+    let (code, _, err) = run(hsm.cli().args(["sign", "--key", KEY, "--preset", "Not A Name"]));
     assert_eq!(code, 2, "{err}");
     assert_eq!(signatures(&hsm), 0, "nothing was signed");
 }

@@ -118,7 +118,7 @@ fn the_client_library_speaks_to_the_agent() {
     verify_p256(&agent.sign_input(KEY, &input).unwrap(), &hsm.public_pem(KEY));
     let mut claims = Map::new();
     claims.insert("iss".into(), Value::from("lib"));
-    let request = SignRequest { key: KEY.into(), claims, ttl: Some("5m".into()), ..SignRequest::default() };
+    let request = SignRequest { key: KEY.into(), claims, ttl: "5m".parse().ok(), ..SignRequest::default() };
     let signed = agent.sign(request.clone()).unwrap();
     assert!(!signed.cached);
     assert!(agent.sign(request).unwrap().cached, "the same connection gets the cached token");

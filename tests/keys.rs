@@ -209,8 +209,11 @@ fn refused_imports_leave_the_token_as_it_was() {
         (vec![public.to_str().unwrap().into()], "not a private key"),
         (vec![garbage.to_str().unwrap().into()], "malformed"),
         (vec![text.to_str().unwrap().into()], "not PEM"),
-        (vec![other.to_str().unwrap().into(), "--id".into(), "xyz".into()], "not hex"),
     ];
+    // A malformed --id is the CLI's usage error now that ids are typed (it was the daemon's 4).
+    let (code, _, err) = run(hsm.cli().arg("import").arg(&other).args(["--id", "xyz"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not hex"), "{err}");
     for (args, want) in cases {
         let (code, out, err) = run(hsm.cli().arg("import").args(&args));
         assert_eq!(code, 4, "{args:?}: {err}");
@@ -227,8 +230,13 @@ fn refused_imports_leave_the_token_as_it_was() {
         run(hsm.cli().args(["generate", "--label", "big", "--alg", "RS256", "--bits", "1024"]));
     assert_eq!(code, 4);
     assert!(err.contains("2048, 3072 or 4096"), "{err}");
+    // The alg is typed at the CLI now: an unknown one is a usage error (it was the daemon's 4).
     let (code, _, err) = run(hsm.cli().args(["generate", "--label", "x", "--alg", "HS256"]));
-    assert_eq!(code, 4, "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("HS256"), "{err}");
+    let mut conn = Conn::new(&hsm.socket());
+    let answer = conn.request(serde_json::json!({"op": "generate", "label": "x", "alg": "HS256"}));
+    assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
     assert_eq!(inspect(&hsm), before);
 }
 

@@ -1,10 +1,10 @@
 //! The daemon's flags, shared by `daemon` and `start`, and how they combine with the config file.
 
 use super::Failure;
+use crate::cli::{EXIT_OTHER, EXIT_USAGE};
 use crate::config::Config;
 use crate::daemon::{MAX_CONNECTIONS, Options, READ_TIMEOUT, SocketAccess};
 use crate::jwt::policy::Policy;
-use crate::wire::{EXIT_OTHER, EXIT_USAGE};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,7 +67,7 @@ impl DaemonArgs {
             pin_from_stdin: self.pin_from_stdin,
             sessions: self.sessions.or(d.sessions).map(usize::from),
             audit_log: self.audit_log.or_else(|| d.audit_log.clone()).as_deref().map(absolute).transpose()?,
-            policy: Policy::new(crate::paths::euid(), &config),
+            policy: Policy::new(crate::paths::euid(), &config).map_err(|e| Failure::new(EXIT_OTHER, e))?,
             lock_after: self.lock_after.or(d.lock_after).map(Duration::from_secs),
             max_connections: self.max_connections.or(d.max_connections).map_or(MAX_CONNECTIONS, usize::from),
             read_timeout: self.read_timeout.or(d.read_timeout).map_or(READ_TIMEOUT, Duration::from_secs),

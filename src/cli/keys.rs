@@ -1,10 +1,11 @@
 //! `import`, `generate`, `pubkey` and `verify`: the key lifecycle from the command line.
 
 use super::{Failure, SocketArgs, connect, print_line};
-use crate::jwt::preset::Preset;
+use crate::cli::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
+use crate::jwt::Alg;
+use crate::jwt::preset::Presets;
 use crate::key::PublicKey;
-use crate::wire::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
-use crate::wire::{GenerateRequest, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
+use crate::wire::{GenerateRequest, Hex, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub struct ImportArgs {
     kid: Option<String>,
     /// CKA_ID in hex [default: derived from the public key]
     #[arg(long, value_name = "HEX")]
-    id: Option<String>,
+    id: Option<Hex>,
 }
 
 #[derive(Debug, Args)]
@@ -36,11 +37,11 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "LABEL")]
     label: String,
     /// What the key signs: ES256, ES384, ES512, RS256, PS256 (and the other RS/PS sizes), EdDSA
-    #[arg(long, value_name = "ALG", default_value = "ES256")]
-    alg: String,
+    #[arg(long, value_name = "ALG", default_value = "ES256", value_parser = super::parse_alg)]
+    alg: Alg,
     /// CKA_ID in hex [default: random]
     #[arg(long, value_name = "HEX")]
-    id: Option<String>,
+    id: Option<Hex>,
     /// RSA modulus size: 2048, 3072 or 4096 [default: 2048]
     #[arg(long, value_name = "BITS")]
     bits: Option<u32>,
@@ -79,8 +80,8 @@ pub struct VerifyArgs {
     /// Verify with this PEM public key file (no agent needed)
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
-    /// Also check the rules of an Apple service's preset
-    #[arg(long, value_name = "NAME", value_parser = clap::value_parser!(String))]
+    /// Also check the rules of a built-in preset
+    #[arg(long, value_name = "NAME")]
     preset: Option<String>,
 }
 
@@ -169,7 +170,8 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let key =
         PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
     let now = crate::jwt::now();
-    let preset = args.preset.as_deref().map(str::parse::<Preset>).transpose().map_err(Failure::usage)?;
+    let presets = Presets::builtin();
+    let preset = args.preset.as_deref().map(|name| presets.get(name)).transpose().map_err(Failure::usage)?;
     let verified = crate::jwt::verify::verify(&token, &key, now)
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;
     if let Some(preset) = preset {

@@ -2,16 +2,18 @@
 
 mod bench;
 mod daemon;
+mod failure;
 mod keys;
 mod output;
 mod start;
 
 use daemon::DaemonArgs;
 
-use crate::client::{Client, ClientError};
-use crate::wire::SignRequest;
-use crate::wire::{EXIT_OTHER, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::client::Client;
+use crate::jwt::{Alg, Ttl};
+use crate::wire::{PresetName, SignRequest};
 use clap::{Args, Parser, Subcommand};
+pub(crate) use failure::{EXIT_OTHER, EXIT_REFUSED, EXIT_TOKEN, EXIT_USAGE, Failure};
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
@@ -65,6 +67,31 @@ enum Command {
     Man,
     /// Log the agent in again: prompts for the PIN, or reads --pin-file
     Unlock(UnlockArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as the hints on errors refer to it.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Daemon(_) => "daemon",
+            Command::Start(_) => "start",
+            Command::Stop(_) => "stop",
+            Command::Sign(_) => "sign",
+            Command::SignInput(_) => "sign-input",
+            Command::Keys(_) => "keys",
+            Command::Pubkey(_) => "pubkey",
+            Command::Import(_) => "import",
+            Command::Generate(_) => "generate",
+            Command::Verify(_) => "verify",
+            Command::Status(_) => "status",
+            Command::Lock(_) => "lock",
+            Command::Bench(_) => "bench",
+            Command::Exec(_) => "exec",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
+            Command::Unlock(_) => "unlock",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -123,10 +150,11 @@ struct SignArgs {
     /// Key label on the token, or a PKCS#11 URI
     #[arg(long, value_name = "KEY")]
     key: String,
-    /// Fill and check the token for an Apple service: app-store-connect, app-store-server, apns,
-    /// sign-in-with-apple, weatherkit, musickit [default: the key's preset in the config]
-    #[arg(long, value_name = "NAME", value_parser = parse_preset)]
-    preset: Option<String>,
+    /// Fill and check the token for a service: app-store-connect, app-store-server, apns,
+    /// sign-in-with-apple, weatherkit, musickit, or a [presets.NAME] of the daemon's config
+    /// [default: the key's preset in the config]
+    #[arg(long, value_name = "NAME")]
+    preset: Option<PresetName>,
     /// JWS algorithm [default: the key's]
     #[arg(long, value_name = "ALG")]
     alg: Option<String>,
@@ -150,8 +178,8 @@ struct SignArgs {
     scope: Vec<String>,
     /// Lifetime: sets `exp` to `iat` plus this (90s, 20m, 1h, 180d); without it a preset's
     /// default, or no `exp` at all
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
-    ttl: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<Ttl>,
     /// Extra claim; VALUE is JSON when it parses as JSON, else a string (repeatable)
     #[arg(long, value_name = "NAME=VALUE")]
     claim: Vec<String>,
@@ -163,49 +191,18 @@ struct SignArgs {
     fresh: bool,
 }
 
-fn parse_ttl(text: &str) -> Result<String, String> {
-    crate::jwt::time::parse(text).map(|_| text.to_owned())
-}
-
-fn parse_preset(text: &str) -> Result<String, String> {
-    text.parse::<crate::jwt::preset::Preset>().map(|_| text.to_owned())
-}
-
-/// A failed command: what to print and the exit status.
-#[derive(Debug)]
-pub struct Failure {
-    status: u8,
-    message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(status: u8, message: impl Into<String>) -> Self {
-        Failure { status, message: message.into() }
-    }
-
-    pub(crate) fn usage(message: impl Into<String>) -> Self {
-        Self::new(EXIT_USAGE, message)
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let status = match &e {
-            ClientError::Unreachable { .. } | ClientError::Untrusted { .. } => EXIT_UNREACHABLE,
-            ClientError::Io(_) => EXIT_OTHER,
-            ClientError::Agent(wire) => wire.code.exit_status(),
-        };
-        Failure::new(status, e.to_string())
-    }
+fn parse_alg(name: &str) -> Result<Alg, String> {
+    Alg::from_name(name).ok_or_else(|| format!("{name:?} is not one of {}", Alg::names()))
 }
 
 /// Parses the command line, runs the command, and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let name = cli.command.name();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("jwt-agent: {}", failure.message);
+            eprintln!("{}", failure.line(name));
             ExitCode::from(failure.status)
         }
     }
@@ -213,9 +210,7 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Daemon(args) => {
-            crate::daemon::run(args.resolve()?.0).map_err(|e| Failure::new(e.status, e.message))
-        }
+        Command::Daemon(args) => Ok(crate::daemon::run(args.resolve()?.0)?),
         Command::Start(args) => start::start(args),
         Command::Stop(args) => start::stop(args.socket.as_deref()),
         Command::Sign(args) => {

@@ -1,9 +1,9 @@
 //! `start` and `stop`: the agent in the background, ssh-agent style.
 
 use super::{DaemonArgs, Failure};
+use crate::cli::EXIT_OTHER;
 use crate::client::{Client, ClientError};
 use crate::daemon::Options;
-use crate::wire::EXIT_OTHER;
 use crate::{paths, pin};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;

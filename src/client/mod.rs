@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use trust::Trusted;
+use trust::{Distrust, Trusted};
 
 /// How long the client waits for an answer before giving up on the agent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,10 +28,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answers on the socket.
-    #[error(
-        "cannot reach the agent at {}: {source}; start one with `eval \"$(jwt-agent start --module MODULE --token LABEL)\"` or set JWT_AGENT_SOCK",
-        path.display()
-    )]
+    #[error("cannot reach the agent at {}: {source}", path.display())]
     Unreachable {
         /// The socket path.
         path: PathBuf,
@@ -39,12 +36,12 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The socket is one this client does not trust: nothing was sent to it.
-    #[error("will not talk to the agent at {}: {reason}", path.display())]
+    #[error("will not talk to the agent at {}: {}", path.display(), why.reason)]
     Untrusted {
         /// The socket path.
         path: PathBuf,
         /// What is wrong with it.
-        reason: String,
+        why: Distrust,
     },
     /// The connection broke mid-request.
     #[error("the connection to the agent failed: {0}")]
@@ -77,9 +74,9 @@ impl Client {
     /// [`trust`]. Nothing is sent to a socket that fails those checks.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
-        let untrusted = |reason| ClientError::Untrusted { path: path.to_path_buf(), reason };
+        let untrusted = |why| ClientError::Untrusted { path: path.to_path_buf(), why };
         std::fs::symlink_metadata(path).map_err(unreachable)?;
-        let trusted = Trusted::from_env().map_err(untrusted)?;
+        let trusted = Trusted::from_env().map_err(|reason| untrusted(Distrust { reason, uid: None }))?;
         trusted.check_folder(path).map_err(untrusted)?;
         let stream = UnixStream::connect(path).map_err(unreachable)?;
         trusted.check_peer(&stream).map_err(untrusted)?;

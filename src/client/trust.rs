@@ -4,6 +4,7 @@
 //! create `/tmp/jwt-agent-UID/` before its owner does, or point a symlink there; a client that
 //! skipped these checks would send that user its private keys, PINs and signing input.
 
+use crate::files::Unsafe;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -32,33 +33,49 @@ impl Trusted {
     }
 
     /// Checks the folder of the socket at `path`.
-    pub fn check_folder(&self, path: &Path) -> Result<(), String> {
+    pub fn check_folder(&self, path: &Path) -> Result<(), Distrust> {
         let folder = path.parent().unwrap_or(Path::new("."));
-        crate::files::check_folder(folder, &self.uids).map(drop).map_err(|e| format!("{e}{}", self.hint()))
+        crate::files::check_folder(folder, &self.uids).map(drop).map_err(|e| {
+            let uid = match e {
+                Unsafe::Owner { uid, .. } => Some(uid),
+                _ => None,
+            };
+            Distrust { reason: e.to_string(), uid }
+        })
     }
 
     /// Checks who listens on the other end of `stream`.
-    pub fn check_peer(&self, stream: &UnixStream) -> Result<(), String> {
-        let uid = peer_uid(stream)
-            .map_err(|e| format!("cannot read the credentials of the socket's owner: {e}"))?;
+    pub fn check_peer(&self, stream: &UnixStream) -> Result<(), Distrust> {
+        let uid = peer_uid(stream).map_err(|e| Distrust {
+            reason: format!("cannot read the credentials of the socket's owner: {e}"),
+            uid: None,
+        })?;
         self.check_uid(uid)
     }
 
     /// Checks a peer uid the caller read itself.
-    pub fn check_uid(&self, uid: u32) -> Result<(), String> {
+    pub fn check_uid(&self, uid: u32) -> Result<(), Distrust> {
         if self.uids.contains(&uid) {
             Ok(())
         } else {
-            Err(format!("the process listening on it runs as uid {uid}{}", self.hint()))
+            let me = self.uids[0];
+            Err(Distrust {
+                reason: format!(
+                    "the process listening on it runs as uid {uid}, not as you (uid {me}) or root"
+                ),
+                uid: Some(uid),
+            })
         }
     }
+}
 
-    fn hint(&self) -> String {
-        format!(
-            ", not as you (uid {}) or root; if that uid runs your agent, set {AGENT_UID_ENV} to it",
-            self.uids[0]
-        )
-    }
+/// Why a client does not trust a socket, and the uid behind it when another uid is the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distrust {
+    /// What is wrong, as a sentence.
+    pub reason: String,
+    /// The uid that owns the folder or listens on the socket, when that is the problem.
+    pub uid: Option<u32>,
 }
 
 /// The uid of the process on the other end of a connected Unix socket, as the kernel says.
@@ -98,6 +115,6 @@ mod tests {
         assert_eq!(peer_uid(&a).unwrap(), crate::paths::euid());
         let trusted = Trusted { uids: vec![crate::paths::euid(), 0] };
         assert!(trusted.check_peer(&a).is_ok());
-        assert!(trusted.check_uid(4242).unwrap_err().contains("uid 4242"));
+        assert_eq!(trusted.check_uid(4242).unwrap_err().uid, Some(4242));
     }
 }

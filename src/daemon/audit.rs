@@ -71,7 +71,7 @@ pub struct Record {
     /// The key asked for.
     pub key: Option<String>,
     /// The preset.
-    pub preset: Option<&'static str>,
+    pub preset: Option<String>,
     /// Header `alg`.
     pub alg: Option<Value>,
     /// Header `kid`.

@@ -2,10 +2,11 @@
 //! still take them. Apple asks callers to reuse tokens, and APNs answers 429 to tokens refreshed
 //! more often than every 20 minutes. `sign-input` is never cached.
 
-use crate::jwt::preset::{APNS_REUSE_SECS, Preset};
+use crate::jwt::Ttl;
+use crate::jwt::preset::Preset;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How many tokens the cache holds at most.
 pub const CAPACITY: usize = 1024;
@@ -18,7 +19,7 @@ pub struct Entry {
     /// The signing key's label (its policy is checked again on every hit).
     pub label: String,
     /// The preset it was made for.
-    pub preset: Option<Preset>,
+    pub preset: Option<Arc<Preset>>,
     /// Its header.
     pub header: Map<String, Value>,
     /// Its claims.
@@ -27,15 +28,17 @@ pub struct Entry {
     pub iat: u64,
     /// `exp`, if it has one.
     pub exp: Option<u64>,
+    /// Without `exp`, how many seconds after `iat` it is handed out.
+    pub reuse: u64,
 }
 
 impl Entry {
     /// Whether the token may still be handed out at `now`: while at least half its lifetime is
-    /// left; a token without `exp` (APNs) until it is 50 minutes old.
+    /// left; a token without `exp` (APNs) until it is `reuse` old.
     pub fn fresh(&self, now: u64) -> bool {
         match self.exp {
             Some(exp) => now < exp && exp - now >= (exp.saturating_sub(self.iat)).div_ceil(2),
-            None => now.saturating_sub(self.iat) < APNS_REUSE_SECS,
+            None => now.saturating_sub(self.iat) < self.reuse,
         }
     }
 }
@@ -56,16 +59,16 @@ impl TokenCache {
     /// `iat` or `exp` itself).
     pub fn key(
         name: &str,
-        preset: Option<Preset>,
+        preset: Option<&str>,
         header: &Map<String, Value>,
         claims: &Map<String, Value>,
-        ttl: Option<&str>,
+        ttl: Option<Ttl>,
     ) -> Option<String> {
         if claims.contains_key("iat") || claims.contains_key("exp") {
             return None;
         }
-        let key = (name, preset.map(Preset::name), header, claims, ttl);
-        serde_json::to_string(&key).ok()
+        let key = (name, preset, header, claims, ttl);
+        Some(serde_json::to_string(&key).expect("strings, JSON values and a ttl always serialize"))
     }
 
     /// The cached token for `key`, if it is still fresh at `now`.
@@ -117,6 +120,7 @@ mod tests {
             claims: Map::new(),
             iat,
             exp,
+            reuse: 50 * 60,
         }
     }
 
@@ -137,10 +141,16 @@ mod tests {
     fn keys_ignore_nothing_but_refuse_explicit_times() {
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from("a"));
-        let k1 = TokenCache::key("k", None, &Map::new(), &claims, Some("20m")).unwrap();
-        let k2 = TokenCache::key("k", None, &Map::new(), &claims, Some("10m")).unwrap();
-        let k3 = TokenCache::key("k", Some(Preset::Apns), &Map::new(), &claims, Some("20m")).unwrap();
+        let ttl = |text: &str| Some(text.parse::<Ttl>().unwrap());
+        let k1 = TokenCache::key("k", None, &Map::new(), &claims, ttl("20m")).unwrap();
+        let k2 = TokenCache::key("k", None, &Map::new(), &claims, ttl("10m")).unwrap();
+        let k3 = TokenCache::key("k", Some("apns"), &Map::new(), &claims, ttl("20m")).unwrap();
         assert!(k1 != k2 && k1 != k3);
+        assert_eq!(
+            k1,
+            TokenCache::key("k", None, &Map::new(), &claims, ttl("1200s")).unwrap(),
+            "one lifetime, one key"
+        );
         claims.insert("exp".into(), Value::from(5));
         assert_eq!(TokenCache::key("k", None, &Map::new(), &claims, None), None);
     }

@@ -7,6 +7,8 @@ mod connection;
 mod harden;
 mod limits;
 mod listener;
+mod ops;
+mod outcome;
 mod server;
 mod signing;
 mod sinks;
@@ -20,7 +22,6 @@ use crate::jwt::policy::Policy;
 use crate::pin::{self, PinSource};
 use crate::token::Token;
 use crate::token::pool::Pool;
-use crate::wire::{EXIT_OTHER, EXIT_TOKEN};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,36 +79,31 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Default for [`Options::read_timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the daemon could not start or run, with its exit status.
+/// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct DaemonError {
-    /// One sentence for stderr.
-    pub message: String,
-    /// The process exit status.
-    pub status: u8,
-}
-
-impl DaemonError {
-    fn new(status: u8, message: impl Into<String>) -> Self {
-        DaemonError { message: message.into(), status }
-    }
+pub enum DaemonError {
+    /// Its socket, files, config, PIN or runtime could not be set up.
+    #[error("{0}")]
+    Setup(String),
+    /// The token could not be opened or logged in to.
+    #[error("{0}")]
+    Token(#[from] crate::token::TokenError),
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or a `stop` request.
 pub fn run(mut options: Options) -> Result<(), DaemonError> {
     harden::process();
     // A socket systemd passed is used as it is; it stays when the daemon stops.
-    let passed = systemd::passed_listener().map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+    let passed = systemd::passed_listener().map_err(DaemonError::Setup)?;
     if passed.is_none() {
         // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
-        listener::check_free(&options.socket).map_err(|e| DaemonError::new(EXIT_OTHER, e))?;
+        listener::check_free(&options.socket).map_err(DaemonError::Setup)?;
     }
     let activated = passed.is_some();
     let audit = match &options.audit_log {
         Some(path) => {
             let log = AuditLog::open(path)
-                .map_err(|e| DaemonError::new(EXIT_OTHER, format!("unsafe or unusable audit log: {e}")))?;
+                .map_err(|e| DaemonError::Setup(format!("unsafe or unusable audit log: {e}")))?;
             Some((log, path.display().to_string()))
         }
         None => None,
@@ -116,7 +112,7 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
     // daemon may write: refuse to start rather than find out at the first renewal.
     for sink in &mut options.sinks {
         sink.path = crate::files::check_private_path(&sink.path)
-            .map_err(|e| DaemonError::new(EXIT_OTHER, format!("unsafe token sink: {e}")))?;
+            .map_err(|e| DaemonError::Setup(format!("unsafe token sink: {e}")))?;
     }
     let source = match (&options.pin_file, options.pin_from_stdin) {
         (Some(file), _) => PinSource::File(file),
@@ -126,19 +122,17 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
     let pin = pin::read_pin(source, &format!("PIN for token {:?}: ", options.token));
     // SAFETY: no thread has started yet: the module, the pool and the runtime come next.
     unsafe { pin::forget_env_pin() };
-    let pin = pin.map_err(|e| DaemonError::new(EXIT_OTHER, e.to_string()))?;
-    let (token, session) = Token::open(&options.module, &options.token, pin)
-        .map_err(|e| DaemonError::new(EXIT_TOKEN, e.to_string()))?;
+    let pin = pin.map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let (token, session) = Token::open(&options.module, &options.token, pin)?;
     let token = Arc::new(token);
     let sessions = pool_size(options.sessions, token.max_sessions());
-    let pool =
-        Pool::start(token, session, sessions).map_err(|e| DaemonError::new(EXIT_TOKEN, e.to_string()))?;
+    let pool = Pool::start(token, session, sessions)?;
     crate::info!("logged in to token {:?} with {sessions} sessions", options.token);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DaemonError::new(EXIT_OTHER, format!("cannot start the runtime: {e}")))?;
+        .map_err(|e| DaemonError::Setup(format!("cannot start the runtime: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit, stop_tx));
     let served = runtime.block_on(async {
@@ -184,7 +178,7 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
         Err(_) => crate::warn!("a connection outlived shutdown; not finalizing the module"),
     }
     crate::info!("stopped");
-    served.map_err(|e| DaemonError::new(EXIT_OTHER, e))
+    served.map_err(DaemonError::Setup)
 }
 
 fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {

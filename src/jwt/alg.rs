@@ -1,5 +1,6 @@
 //! The JWS algorithms (RFC 7518, RFC 8037) and the hashes they use.
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::fmt;
 
@@ -112,6 +113,20 @@ impl Alg {
             Alg::Es512 | Alg::Rs512 | Alg::Ps512 => Some(Hash::Sha512),
             Alg::EdDsa => None,
         }
+    }
+}
+
+impl Serialize for Alg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Alg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Alg, D::Error> {
+        let name = String::deserialize(d)?;
+        Alg::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("alg {name:?} is not one of {}", Alg::names())))
     }
 }
 

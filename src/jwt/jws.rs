@@ -101,14 +101,6 @@ fn encode_json(object: &Map<String, Value>, out: &mut String) {
     URL_SAFE_NO_PAD.encode_string(json, out);
 }
 
-/// How far ahead of the agent's clock an `iat` may be (clock skew) where lifetimes are capped.
-pub const MAX_IAT_AHEAD_SECS: u64 = 60;
-
-/// Seconds since 1970, as JWT times are written.
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Appends `.BASE64URL(signature)` to signing input, making the compact JWS.
 pub fn compact(signing_input: &str, signature: &[u8]) -> String {
     let mut token = String::with_capacity(signing_input.len() + 1 + signature.len() * 4 / 3 + 2);

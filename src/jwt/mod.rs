@@ -5,6 +5,7 @@
 pub mod alg;
 pub mod json;
 pub mod jws;
+pub mod mint;
 pub mod policy;
 pub mod preset;
 pub mod time;
@@ -12,6 +13,6 @@ pub mod verify;
 
 pub use alg::{Alg, Family, Hash};
 pub use jws::{
-    JoseError, MAX_IAT_AHEAD_SECS, SigningInput, check_header, compact, encode_signing_input, header_alg,
-    now, parse_signing_input,
+    JoseError, SigningInput, check_header, compact, encode_signing_input, header_alg, parse_signing_input,
 };
+pub use time::{MAX_IAT_AHEAD_SECS, Ttl, now};

@@ -1,11 +1,12 @@
-//! Who may use the agent and what each key may sign: the `[daemon] allowed_uids` and
-//! `[keys.LABEL]` rules of the config, enforced on every request, `sign-input` included.
+//! Who may use the agent and what each key may sign: the `[daemon] allowed_uids`, `[keys.LABEL]`
+//! and `[presets.NAME]` rules of the config, enforced on every request, `sign-input` included.
 
+use super::preset::{Preset, Presets};
+use super::time::MAX_IAT_AHEAD_SECS;
 use crate::config::{Config, KeyPolicy};
-use crate::jwt::MAX_IAT_AHEAD_SECS;
-use crate::jwt::preset::Preset;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The rules in force.
 #[derive(Debug, Clone, Default)]
@@ -13,12 +14,34 @@ pub struct Policy {
     own_uid: u32,
     allowed_uids: Vec<u32>,
     keys: BTreeMap<String, KeyPolicy>,
+    presets: Presets,
 }
+
+/// Why the policy refuses a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
 
 impl Policy {
     /// The rules of `config` for a daemon running as `own_uid`.
-    pub fn new(own_uid: u32, config: &Config) -> Policy {
-        Policy { own_uid, allowed_uids: config.daemon.allowed_uids.clone(), keys: config.keys.clone() }
+    pub fn new(own_uid: u32, config: &Config) -> Result<Policy, String> {
+        let presets = Presets::with(config.presets.clone())?;
+        for (label, key) in &config.keys {
+            for name in key.preset.iter().chain(key.presets.iter().flatten()) {
+                presets.get(name).map_err(|e| format!("keys.{label}: {e}"))?;
+            }
+        }
+        for sink in &config.sinks {
+            if let Some(name) = &sink.preset {
+                presets.get(name.as_str()).map_err(|e| format!("the sink {}: {e}", sink.path.display()))?;
+            }
+        }
+        Ok(Policy {
+            own_uid,
+            allowed_uids: config.daemon.allowed_uids.clone(),
+            keys: config.keys.clone(),
+            presets,
+        })
     }
 
     /// Whether a peer of this uid may connect at all: the daemon's own uid, the daemon's
@@ -54,6 +77,11 @@ impl Policy {
         self.keys.get(label)
     }
 
+    /// The presets known: built in, and defined by the config.
+    pub fn presets(&self) -> &Presets {
+        &self.presets
+    }
+
     /// Checks a token the key labelled `label` is about to sign for `uid` at `now`. `preset` is
     /// the one the request used; for `sign-input` (`None`) the token must meet one the key
     /// allows. Returns the preset the token meets, if any was asked or found.
@@ -61,41 +89,43 @@ impl Policy {
         &self,
         label: &str,
         uid: u32,
-        preset: Option<Preset>,
+        preset: Option<&Arc<Preset>>,
         header: &Map<String, Value>,
         claims: &Map<String, Value>,
         now: u64,
-    ) -> Result<Option<Preset>, String> {
-        let key = self.keys.get(label);
+    ) -> Result<Option<Arc<Preset>>, PolicyError> {
+        let refuse = |why: String| Err(PolicyError(why));
         if !self.may_use(label, uid) {
-            return Err(format!("uid {uid} may not use the key {label:?}"));
+            return refuse(format!("uid {uid} may not use the key {label:?}"));
         }
-        let Some(key) = key else { return Ok(preset) };
+        let Some(key) = self.keys.get(label) else { return Ok(preset.cloned()) };
         let preset = match (&key.presets, preset) {
-            (None, preset) => preset,
-            (Some(allowed), Some(preset)) if allowed.contains(&preset) => Some(preset),
+            (None, preset) => preset.cloned(),
+            (Some(allowed), Some(preset)) if allowed.contains(&preset.name) => Some(preset.clone()),
             (Some(allowed), Some(preset)) => {
-                return Err(format!(
+                return refuse(format!(
                     "the key {label:?} may not sign {preset} tokens, only {}",
-                    names(allowed)
+                    allowed.join(", ")
                 ));
             }
             (Some(allowed), None) => {
                 let mut first_error = None;
-                let met = allowed.iter().copied().find(|p| match p.check(header, claims, now) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                        false
+                let met = allowed.iter().filter_map(|name| self.presets.get(name).ok()).find(|p| {
+                    match p.check(header, claims, now) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                            false
+                        }
                     }
                 });
                 match met {
-                    Some(preset) => Some(preset),
+                    Some(preset) => Some(preset.clone()),
                     None => {
                         let why = first_error.map(|e| e.to_string()).unwrap_or_default();
-                        return Err(format!(
+                        return refuse(format!(
                             "the key {label:?} signs only {} tokens, and this is not one ({why})",
-                            names(allowed)
+                            allowed.join(", ")
                         ));
                     }
                 }
@@ -108,11 +138,11 @@ impl Policy {
                 _ => Vec::new(),
             };
             if auds.is_empty() || auds.iter().any(|aud| !allowed.iter().any(|a| a == aud)) {
-                return Err(format!("the key {label:?} signs only for aud {}", allowed.join(", ")));
+                return refuse(format!("the key {label:?} signs only for aud {}", allowed.join(", ")));
             }
         }
         if let Some(max) = key.max_ttl {
-            check_lifetime(label, max, claims, now)?;
+            check_lifetime(label, max.secs(), claims, now).map_err(PolicyError)?;
         }
         Ok(preset)
     }
@@ -148,17 +178,20 @@ fn check_lifetime(label: &str, max: u64, claims: &Map<String, Value>, now: u64) 
     Ok(())
 }
 
-fn names(presets: &[Preset]) -> String {
-    presets.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn policy() -> Policy {
-        let toml = r#"
+    const NOW: u64 = 500;
+
+    fn policy(toml: &str) -> Policy {
+        Policy::new(0, &toml::from_str(toml).unwrap()).unwrap()
+    }
+
+    fn asc_policy() -> Policy {
+        policy(
+            r#"
             [daemon]
             allowed_uids = [1001]
             [keys.asc]
@@ -166,11 +199,9 @@ mod tests {
             allowed_aud = ["appstoreconnect-v1"]
             max_ttl = "20m"
             allowed_uids = [1002]
-        "#;
-        Policy::new(0, &toml::from_str(toml).unwrap())
+        "#,
+        )
     }
-
-    const NOW: u64 = 500;
 
     fn object(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -178,26 +209,26 @@ mod tests {
 
     #[test]
     fn uids() {
-        let p = policy();
+        let p = asc_policy();
         assert!(p.admits(0) && p.admits(1001) && p.admits(1002) && !p.admits(1003));
         let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
         let claims = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
         assert!(p.check("asc", 1002, None, &header, &claims, NOW).is_ok());
-        assert!(p.check("asc", 1001, None, &header, &claims, NOW).unwrap_err().contains("uid 1001"));
+        assert!(p.check("asc", 1001, None, &header, &claims, NOW).unwrap_err().0.contains("uid 1001"));
         assert!(p.check("other", 1001, None, &header, &claims, NOW).is_ok());
         assert!(p.check("other", 1002, None, &header, &claims, NOW).is_err());
     }
 
     #[test]
     fn presets_audiences_and_lifetimes() {
-        let p = policy();
+        let p = asc_policy();
         let header = object(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}));
         let good = object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": "appstoreconnect-v1"}));
-        assert_eq!(p.check("asc", 0, None, &header, &good, NOW), Ok(Some(Preset::AppStoreConnect)));
+        let met = p.check("asc", 0, None, &header, &good, NOW).unwrap();
+        assert_eq!(met.map(|p| p.name.clone()).as_deref(), Some("app-store-connect"));
+        let apns = p.presets().get("apns").unwrap();
         assert!(
-            p.check("asc", 0, Some(Preset::Apns), &header, &good, NOW)
-                .unwrap_err()
-                .contains("may not sign apns")
+            p.check("asc", 0, Some(apns), &header, &good, NOW).unwrap_err().0.contains("may not sign apns")
         );
         let long = object(json!({"iss": "t", "iat": 100, "exp": 100 + 1201, "aud": "appstoreconnect-v1"}));
         assert!(p.check("asc", 0, None, &header, &long, NOW).is_err());
@@ -205,22 +236,22 @@ mod tests {
         assert!(
             p.check("asc", 0, None, &header, &plain, NOW)
                 .unwrap_err()
+                .0
                 .contains("signs only app-store-connect")
         );
         let other_aud =
             object(json!({"iss": "t", "iat": 100, "exp": 1000, "aud": ["appstoreconnect-v1", "x"]}));
-        let only_aud =
-            Policy::new(0, &toml::from_str("[keys.k]\nallowed_aud = [\"appstoreconnect-v1\"]").unwrap());
-        assert!(only_aud.check("k", 0, None, &header, &other_aud, NOW).unwrap_err().contains("aud"));
-        assert!(only_aud.check("k", 0, None, &header, &plain, NOW).unwrap_err().contains("aud"));
+        let only_aud = policy("[keys.k]\nallowed_aud = [\"appstoreconnect-v1\"]");
+        assert!(only_aud.check("k", 0, None, &header, &other_aud, NOW).unwrap_err().0.contains("aud"));
+        assert!(only_aud.check("k", 0, None, &header, &plain, NOW).unwrap_err().0.contains("aud"));
     }
 
     #[test]
     fn a_callers_iat_cannot_stretch_a_lifetime() {
-        let p = Policy::new(0, &toml::from_str("[keys.k]\nmax_ttl = \"20m\"").unwrap());
+        let p = policy("[keys.k]\nmax_ttl = \"20m\"");
         let header = object(json!({"alg": "ES256"}));
         let now: u64 = 1_800_000_000;
-        let check = |claims: Value| p.check("k", 0, None, &header, &object(claims), now);
+        let check = |claims: Value| p.check("k", 0, None, &header, &object(claims), now).map_err(|e| e.0);
         assert!(check(json!({"iat": now, "exp": now + 1200})).is_ok());
         assert!(check(json!({"iat": now + 30, "exp": now + 1200})).is_ok(), "a little clock skew");
         // Ten years ahead, with exp = iat + 20m.
@@ -232,5 +263,13 @@ mod tests {
         assert!(check(json!({"exp": 4_102_444_800u64})).unwrap_err().contains("at most 1200 s"));
         assert!(check(json!({"iat": 1.5, "exp": now + 60})).unwrap_err().contains("whole number"));
         assert!(check(json!({"iat": -1, "exp": now + 60})).unwrap_err().contains("whole number"));
+    }
+
+    #[test]
+    fn a_key_may_name_only_known_presets() {
+        let error = Policy::new(0, &toml::from_str("[keys.k]\npresets = [\"nope\"]").unwrap()).unwrap_err();
+        assert!(error.contains("keys.k") && error.contains("unknown preset \"nope\""), "{error}");
+        let with_own = "[presets.mine]\nalg = \"ES256\"\n[keys.k]\npreset = \"mine\"\npresets = [\"mine\"]";
+        assert!(Policy::new(0, &toml::from_str(with_own).unwrap()).is_ok());
     }
 }

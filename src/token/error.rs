@@ -2,7 +2,6 @@
 
 use crate::jwt::Alg;
 use crate::wire::PinCounters;
-use crate::wire::{ErrorCode, WireError};
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 
@@ -10,7 +9,7 @@ use cryptoki::error::{Error as CkError, RvError};
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The module could not be loaded.
-    #[error("cannot load the PKCS#11 module {path}: {reason}; check --module")]
+    #[error("cannot load the PKCS#11 module {path}: {reason}")]
     Module {
         /// The module path.
         path: String,
@@ -18,7 +17,7 @@ pub enum TokenError {
         reason: String,
     },
     /// No token fits `--token`.
-    #[error("no token matches {name:?} (tokens present: {}); check --token", list(seen))]
+    #[error("no token matches {name:?} (tokens present: {})", list(seen))]
     NoToken {
         /// The `--token` value.
         name: String,
@@ -26,7 +25,7 @@ pub enum TokenError {
         seen: Vec<String>,
     },
     /// Several tokens fit.
-    #[error("more than one token matches {name:?}; name one by serial (--token serial=...) or by URI")]
+    #[error("more than one token matches {name:?}")]
     AmbiguousToken {
         /// The `--token` value.
         name: String,
@@ -68,9 +67,7 @@ pub enum TokenError {
         counters: PinCounters,
     },
     /// The token rejected the PIN earlier; the agent will not log in by itself again.
-    #[error(
-        "the token rejected the PIN before, so the agent does not log in again by itself; give it the right PIN with `jwt-agent unlock`"
-    )]
+    #[error("the token rejected the PIN before, so the agent does not log in again by itself")]
     PinRejectedBefore,
     /// An `unlock` too soon after one the token rejected.
     #[error(
@@ -87,10 +84,10 @@ pub enum TokenError {
         counters: PinCounters,
     },
     /// No private key with that label.
-    #[error("no private key {0:?} on the token; `jwt-agent keys` lists them")]
+    #[error("no private key {0:?} on the token")]
     NoKey(String),
     /// Several private keys carry the label.
-    #[error("more than one private key is labelled {0:?}; give each key its own label")]
+    #[error("more than one private key is labelled {0:?}")]
     AmbiguousKey(String),
     /// The key has no public key object to read.
     #[error("the token holds no public key for {0:?}")]
@@ -124,17 +121,11 @@ pub enum TokenError {
     /// Another cryptoki failure (conversion, missing symbol).
     #[error("PKCS#11 failure: {0}")]
     Other(String),
-    /// A preset's rule refuses the token (checked on the worker, where the key is known).
-    #[error("{0}")]
-    Refused(String),
-    /// The config's policy refuses the token.
-    #[error("{0}")]
-    Denied(String),
     /// The session is not logged in (private objects are invisible).
-    #[error("the token is not logged in; check the token, then retry")]
+    #[error("the token is not logged in")]
     NotLoggedIn,
     /// The agent is locked.
-    #[error("the agent is locked; `jwt-agent unlock` lets it sign again")]
+    #[error("the agent is locked")]
     Locked,
     /// `unlock` when the agent is not locked.
     #[error("the agent is not locked")]
@@ -142,6 +133,9 @@ pub enum TokenError {
     /// The session pool is shut down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A job panicked on a worker (a bug); the worker goes on with a new session.
+    #[error("the agent failed on this request ({0}); it goes on serving")]
+    Panicked(String),
 }
 
 impl From<CkError> for TokenError {
@@ -173,29 +167,6 @@ impl TokenError {
                     _
                 )
             )
-    }
-
-    /// The wire error for this failure.
-    pub fn to_wire(&self) -> WireError {
-        let code = match self {
-            TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
-            TokenError::Exists(_) => ErrorCode::Exists,
-            TokenError::Denied(_) => ErrorCode::PolicyDenied,
-            TokenError::Locked | TokenError::UnlockTooSoon { .. } | TokenError::FinalTry { .. } => {
-                ErrorCode::Locked
-            }
-            TokenError::NotLocked => ErrorCode::BadRequest,
-            TokenError::Refused(_) => ErrorCode::BadRequest,
-            TokenError::AmbiguousKey(_)
-            | TokenError::UnsupportedKey(_)
-            | TokenError::WrongAlg { .. }
-            | TokenError::BadName(_)
-            | TokenError::BadKey(_)
-            | TokenError::NoPublicKey(_)
-            | TokenError::NoMechanism { .. } => ErrorCode::BadRequest,
-            _ => ErrorCode::TokenError,
-        };
-        WireError::new(code, self.to_string())
     }
 }
 

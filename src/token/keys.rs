@@ -1,10 +1,12 @@
 //! Finding signing keys on the token and describing them: type, algorithms, public key, kid.
 
 use super::TokenError;
-use super::uri::{Selector, hex};
+use super::uri::Selector;
+use crate::jwt::mint::KeyView;
 use crate::jwt::{Alg, Family};
 use crate::key::{Curve, PublicKey};
 use crate::wire::KeyInfo;
+use crate::wire::hex;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -39,6 +41,8 @@ pub struct Key {
     pub public: Option<PublicKey>,
     /// The default algorithm.
     pub alg: Alg,
+    /// Every algorithm it signs.
+    pub algs: Vec<Alg>,
     /// What `keys` says of it.
     pub info: KeyInfo,
 }
@@ -57,10 +61,14 @@ impl Key {
         }
     }
 
+    /// What minting needs to know of the key.
+    pub fn view(&self) -> KeyView<'_> {
+        KeyView { label: &self.info.label, kid: self.info.kid.as_deref(), alg: self.alg, algs: &self.algs }
+    }
+
     /// Every algorithm this key signs, for messages.
-    pub fn algs(&self) -> String {
-        let algs: Vec<&str> = Alg::ALL.into_iter().filter(|a| self.signs(*a)).map(Alg::name).collect();
-        algs.join(", ")
+    pub fn alg_names(&self) -> String {
+        self.algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
     }
 
     fn allows(&self, any_of: &[MechanismType]) -> bool {
@@ -190,8 +198,10 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
         always_authenticate: a.always_authenticate,
         public,
         alg: Alg::Es256,
+        algs: Vec::new(),
         info: KeyInfo { label: a.label, id: hex(&a.id), alg: None, kid: Some(kid), fingerprint: None },
     };
+    key.algs = Alg::ALL.into_iter().filter(|alg| key.signs(*alg)).collect();
     key.alg = default_alg(&key);
     key.info.alg = Some(key.alg.name().to_owned());
     key.info.fingerprint = key.public.as_ref().map(PublicKey::fingerprint);

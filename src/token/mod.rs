@@ -275,7 +275,11 @@ impl Token {
     /// signature (`r || s` for ECDSA).
     pub fn sign(&self, session: &Session, key: &Key, alg: Alg, input: &[u8]) -> Result<Vec<u8>, TokenError> {
         if !key.signs(alg) {
-            return Err(TokenError::WrongAlg { key: key.info.label.clone(), asked: alg, can: key.algs() });
+            return Err(TokenError::WrongAlg {
+                key: key.info.label.clone(),
+                asked: alg,
+                can: key.alg_names(),
+            });
         }
         let plan = sign::plan(alg, key, &self.mechanisms)?;
         let data = plan.data(input);

@@ -123,6 +123,7 @@ mod tests {
             always_authenticate: false,
             public: None,
             alg: Alg::Es256,
+            algs: vec![],
             info: KeyInfo { label: "k".into(), id: String::new(), alg: None, kid: None, fingerprint: None },
         }
     }

@@ -163,7 +163,7 @@ pub fn parse(text: &str) -> Result<Selector, String> {
         match name {
             "pin-value" | "pin-source" => {
                 return Err(format!(
-                    "{name} in a URI is refused: give the PIN to the daemon with --pin-file"
+                    "{name} in a URI is refused: the agent holds the PIN, and takes none with a key"
                 ));
             }
             _ => {}
@@ -188,23 +188,6 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses hex (an even number of digits, any case), as `--id` takes it.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let bad = || format!("{text:?} is not hex (an even number of 0-9a-f digits)");
-    if text.is_empty() || !text.len().is_multiple_of(2) {
-        return Err(bad());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -259,14 +242,5 @@ mod tests {
         let error = Selector::key("pkcs11:object=k?pin-value=4321").unwrap_err();
         assert!(!error.contains("4321"), "{error}");
         assert_eq!(Selector::key("PKCS11:object=k").unwrap().object.as_deref(), Some("k"));
-    }
-
-    #[test]
-    fn hex_both_ways() {
-        assert_eq!(parse_hex("01aF").unwrap(), vec![1, 0xaf]);
-        assert_eq!(hex(&[1, 0xaf]), "01af");
-        for bad in ["", "1", "0g", "é1"] {
-            assert!(parse_hex(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Locked,
     /// The token failed (PKCS#11 error, removed device, ...).
     TokenError,
+    /// The token rejected the PIN, now or before.
+    PinRejected,
     /// The request line is longer than the protocol allows.
     TooLarge,
     /// A key with that label or id is already on the token.
@@ -34,32 +36,7 @@ pub enum ErrorCode {
     Unknown,
 }
 
-/// Exit status for usage errors (clap uses the same).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status when the agent cannot be reached.
-pub const EXIT_UNREACHABLE: u8 = 3;
-/// Exit status for a refusal: validation, preset or policy.
-pub const EXIT_REFUSED: u8 = 4;
-/// Exit status when the token failed: PKCS#11 error, wrong PIN, key not found.
-pub const EXIT_TOKEN: u8 = 5;
-/// Exit status for any other failure.
-pub const EXIT_OTHER: u8 = 1;
-
 impl ErrorCode {
-    /// The CLI's exit status for an answer with this code (see the spec's exit codes).
-    pub fn exit_status(self) -> u8 {
-        match self {
-            ErrorCode::BadRequest
-            | ErrorCode::PolicyDenied
-            | ErrorCode::Locked
-            | ErrorCode::TooLarge
-            | ErrorCode::Exists
-            | ErrorCode::Forbidden => EXIT_REFUSED,
-            ErrorCode::UnknownKey | ErrorCode::TokenError => EXIT_TOKEN,
-            ErrorCode::UnknownOp | ErrorCode::Internal | ErrorCode::Busy | ErrorCode::Unknown => EXIT_OTHER,
-        }
-    }
-
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +46,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::Locked => "locked",
             ErrorCode::TokenError => "token_error",
+            ErrorCode::PinRejected => "pin_rejected",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Exists => "exists",
             ErrorCode::Forbidden => "forbidden",

@@ -4,14 +4,14 @@
 //! [`crate::Client`] to encode. This module knows nothing of sockets or tokio; see
 //! `docs/protocol.md` for the format with examples.
 
+mod codec;
 mod error;
 
-pub use error::*;
+use crate::jwt::{Alg, Ttl};
+pub use codec::{Incoming, MAX_LINE, decode_answer, decode_request, encode_error, encode_ok, encode_request};
+pub use error::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-/// The longest request or answer line, newline included.
-pub const MAX_LINE: usize = 64 * 1024;
 
 /// A request, tagged by its `op`.
 // Decoded by `decode_request`, not by serde's internally tagged enums: those buffer every
@@ -93,7 +93,7 @@ pub struct SignRequest {
     pub key: String,
     /// A preset that fills and checks header and claims for a service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preset: Option<String>,
+    pub preset: Option<PresetName>,
     /// Header members to set (the daemon adds `alg` and `typ`).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub header: Map<String, Value>,
@@ -102,7 +102,7 @@ pub struct SignRequest {
     pub claims: Map<String, Value>,
     /// Lifetime, such as `"20m"`: sets `exp` to `iat` plus this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    pub ttl: Option<Ttl>,
     /// Sign anew even when a cached token would do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
@@ -132,9 +132,9 @@ pub struct ImportRequest {
     /// The key's `kid`; default: the label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
-    /// `CKA_ID` in hex; default: derived from the public key.
+    /// `CKA_ID`, hex on the wire; default: derived from the public key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<Hex>,
 }
 
 impl std::fmt::Debug for ImportRequest {
@@ -145,6 +145,74 @@ impl std::fmt::Debug for ImportRequest {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// A preset's name as a request gives it: lowercase letters, digits and dashes. Which presets
+/// exist is the daemon's to say (its config may define more).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct PresetName(String);
+
+impl PresetName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PresetName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<PresetName, String> {
+        crate::jwt::preset::check_name(name).map(|()| PresetName(name.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for PresetName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PresetName, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes written as hex (a key's `CKA_ID`): an even number of digits, any case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hex(pub Vec<u8>);
+
+impl std::str::FromStr for Hex {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Hex, String> {
+        parse_hex(text).map(Hex)
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hex, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses hex (an even number of digits, any case), as `--id` takes it.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("{text:?} is not hex (an even number of 0-9a-f digits)");
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
 }
 
 /// Text that is secret: zeroized on drop, never shown by `Debug`.
@@ -166,10 +234,10 @@ pub struct GenerateRequest {
     pub label: String,
     /// The JWS algorithm the key is for; default `ES256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alg: Option<String>,
-    /// `CKA_ID` in hex; default: random.
+    pub alg: Option<Alg>,
+    /// `CKA_ID`, hex on the wire; default: random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub id: Option<Hex>,
     /// RSA modulus size: 2048 (default), 3072 or 4096.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bits: Option<u32>,
@@ -346,215 +414,16 @@ pub struct StopResult {
     pub pid: u32,
 }
 
-/// A request with its optional `id`, as the daemon reads it off a line.
-#[derive(Debug)]
-pub struct Incoming {
-    /// The caller's `id`, echoed in the answer.
-    pub id: Option<Value>,
-    /// The request, or why it could not be decoded.
-    pub request: Result<Request, WireError>,
-}
-
-/// Decodes one request line (without its newline). Never fails: a line that is not a
-/// request decodes to the error its answer must carry. A member named twice, at any depth, is
-/// refused; every string the line held is wiped once the request is decoded.
-pub fn decode_request(line: &[u8]) -> Incoming {
-    let mut object = match crate::jwt::json::parse_object(line) {
-        Ok(object) => object,
-        Err(crate::jwt::json::ParseError::NotObject) => {
-            return Incoming::error(None, WireError::bad_request("a request must be a JSON object"));
-        }
-        Err(e) => return Incoming::error(None, WireError::bad_request(format!("the request is {e}"))),
-    };
-    let id = object.get("id").cloned();
-    // An id is echoed to be matched, so it must come back exactly: a string or an integer.
-    if let Some(bad) =
-        id.as_ref().filter(|id| !(id.is_string() || id.is_i64() || id.is_u64() || id.is_null()))
-    {
-        let message = format!("`id` must be a string or an integer, not {bad}");
-        crate::jwt::json::wipe(Value::Object(object));
-        return Incoming::error(None, WireError::bad_request(message));
-    }
-    let op = match object.remove("op") {
-        Some(Value::String(op)) => op,
-        Some(_) => return Incoming::error(id, WireError::bad_request("`op` must be a string")),
-        None => return Incoming::error(id, WireError::bad_request("the request has no `op`")),
-    };
-    if !Request::OPS.contains(&op.as_str()) {
-        crate::jwt::json::wipe(Value::Object(object));
-        let message = format!("unknown op {op:?}; this agent knows {}", Request::OPS.join(", "));
-        return Incoming::error(id, WireError::new(ErrorCode::UnknownOp, message));
-    }
-    // `import` and `generate` have a field `id` of their own, the new key's CKA_ID; like any
-    // request's id it is echoed in the answer. For every other op it is only the request's id.
-    if !Request::OWN_ID.contains(&op.as_str()) {
-        object.remove("id");
-    }
-    let fields = Value::Object(object);
-    // Read from the borrowed tree: strings are copied straight into the request's own fields
-    // (a PIN or a key into `SecretText`, which wipes itself), and the tree is wiped after.
-    let request =
-        Request::decode(&op, &fields).map_err(|e| WireError::bad_request(format!("invalid request: {e}")));
-    crate::jwt::json::wipe(fields);
-    Incoming { id, request }
-}
-
-impl Request {
-    fn decode(op: &str, fields: &Value) -> Result<Request, serde_json::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct NoFields {}
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct SignInputFields {
-            key: String,
-            input: String,
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct PubkeyFields {
-            #[serde(default)]
-            key: Option<String>,
-            format: PubkeyFormat,
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct UnlockFields {
-            pin: SecretText,
-        }
-        let none = |fields: &Value| NoFields::deserialize(fields).map(drop);
-        Ok(match op {
-            "sign_input" => {
-                let SignInputFields { key, input } = SignInputFields::deserialize(fields)?;
-                Request::SignInput { key, input }
-            }
-            "sign" => Request::Sign(SignRequest::deserialize(fields)?),
-            "keys" => none(fields).map(|()| Request::Keys {})?,
-            "pubkey" => {
-                let PubkeyFields { key, format } = PubkeyFields::deserialize(fields)?;
-                Request::Pubkey { key, format }
-            }
-            "import" => Request::Import(ImportRequest::deserialize(fields)?),
-            "generate" => Request::Generate(GenerateRequest::deserialize(fields)?),
-            "status" => none(fields).map(|()| Request::Status {})?,
-            "lock" => none(fields).map(|()| Request::Lock {})?,
-            "unlock" => Request::Unlock { pin: UnlockFields::deserialize(fields)?.pin },
-            "stop" => none(fields).map(|()| Request::Stop {})?,
-            other => return Err(serde::de::Error::custom(format!("unknown op {other:?}"))),
-        })
-    }
-}
-
-impl Incoming {
-    fn error(id: Option<Value>, error: WireError) -> Self {
-        Incoming { id, request: Err(error) }
-    }
-}
-
-#[derive(Serialize)]
-struct Envelope<'a, T> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
-    ok: bool,
-    #[serde(flatten)]
-    body: T,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a WireError,
-}
-
-/// Encodes a successful answer line, newline included.
-pub fn encode_ok<T: Serialize>(id: Option<&Value>, result: &T) -> Vec<u8> {
-    let envelope = Envelope { id, ok: true, body: result };
-    match serde_json::to_vec(&envelope) {
-        Ok(mut line) => {
-            line.push(b'\n');
-            line
-        }
-        Err(e) => {
-            encode_error(id, &WireError::new(ErrorCode::Internal, format!("cannot encode the answer: {e}")))
-        }
-    }
-}
-
-/// Encodes an error answer line, newline included.
-pub fn encode_error(id: Option<&Value>, error: &WireError) -> Vec<u8> {
-    let envelope = Envelope { id, ok: false, body: ErrorBody { error } };
-    // A struct of strings and an enum always serializes.
-    let mut line = serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
-    line.push(b'\n');
-    line
-}
-
-/// Encodes a request line, newline included (the client's side).
-pub fn encode_request(id: Option<u64>, request: &Request) -> Result<Vec<u8>, serde_json::Error> {
-    #[derive(Serialize)]
-    struct Out<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        #[serde(flatten)]
-        request: &'a Request,
-    }
-    let mut line = serde_json::to_vec(&Out { id, request })?;
-    line.push(b'\n');
-    Ok(line)
-}
-
-/// Decodes an answer line into the expected result, or the daemon's error (the client's side).
-pub fn decode_answer<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, WireError> {
-    #[derive(Deserialize)]
-    struct Head {
-        ok: bool,
-        error: Option<WireError>,
-    }
-    let malformed = |e: serde_json::Error| {
-        WireError::new(ErrorCode::Internal, format!("the agent's answer is malformed: {e}"))
-    };
-    let value: Value = serde_json::from_slice(line).map_err(malformed)?;
-    let head: Head = Head::deserialize(&value).map_err(malformed)?;
-    if !head.ok {
-        return Err(head
-            .error
-            .unwrap_or_else(|| WireError::new(ErrorCode::Internal, "the agent failed without saying why")));
-    }
-    T::deserialize(value).map_err(malformed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn requests_round_trip() {
-        let request = Request::SignInput { key: "asc".into(), input: "a.b".into() };
-        let line = encode_request(Some(7), &request).unwrap();
-        assert_eq!(line, b"{\"id\":7,\"op\":\"sign_input\",\"key\":\"asc\",\"input\":\"a.b\"}\n");
-        let incoming = decode_request(&line[..line.len() - 1]);
-        assert_eq!(incoming.id, Some(Value::from(7)));
-        assert_eq!(incoming.request.unwrap(), request);
-    }
-
-    #[test]
-    fn unknown_op_and_fields_are_told_apart() {
-        let incoming = decode_request(br#"{"op":"frobnicate"}"#);
-        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::UnknownOp);
-        let incoming = decode_request(br#"{"op":"keys","id":"x","extra":1}"#);
-        assert_eq!(incoming.id, Some(Value::from("x")));
-        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::BadRequest);
-        let incoming = decode_request(br#"[1,2]"#);
-        assert_eq!(incoming.request.unwrap_err().code, ErrorCode::BadRequest);
-    }
-
-    #[test]
-    fn answers_round_trip() {
-        let line = encode_ok(Some(&Value::from(3)), &SignResult { token: "t".into(), cached: false });
-        assert_eq!(line, b"{\"id\":3,\"ok\":true,\"token\":\"t\",\"cached\":false}\n");
-        let result: SignResult = decode_answer(&line).unwrap();
-        assert_eq!(result.token, "t");
-        let line = encode_error(None, &WireError::new(ErrorCode::UnknownKey, "no key"));
-        let error = decode_answer::<SignResult>(&line).unwrap_err();
-        assert_eq!(error, WireError::new(ErrorCode::UnknownKey, "no key"));
+    fn hex_both_ways() {
+        assert_eq!(parse_hex("01aF").unwrap(), vec![1, 0xaf]);
+        assert_eq!(hex(&[1, 0xaf]), "01af");
+        for bad in ["", "1", "0g", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -95,8 +95,9 @@ pub fn agent_slice(
     let line: Arc<[u8]> = crate::wire::encode_request(None, request).map_err(std::io::Error::other)?.into();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // The same checks as `Client::connect`: nothing goes to a socket this user does not trust.
-    let untrusted = |reason| ClientError::Untrusted { path: socket.to_path_buf(), reason };
-    let trusted = crate::client::trust::Trusted::from_env().map_err(untrusted)?;
+    let untrusted = |why| ClientError::Untrusted { path: socket.to_path_buf(), why };
+    let trusted = crate::client::trust::Trusted::from_env()
+        .map_err(|reason| untrusted(crate::client::trust::Distrust { reason, uid: None }))?;
     trusted.check_folder(socket).map_err(untrusted)?;
     runtime.block_on(async {
         let mut streams = Vec::with_capacity(connections);

@@ -4,9 +4,9 @@
 mod load;
 
 use super::{Failure, SocketArgs, connect, print_line};
+use crate::cli::{EXIT_OTHER, EXIT_TOKEN, EXIT_USAGE};
 use crate::jwt::Alg;
 use crate::pin::{self, PinSource};
-use crate::wire::{EXIT_OTHER, EXIT_TOKEN, EXIT_USAGE};
 use crate::wire::{Request, SignRequest};
 use clap::Args;
 use load::{Direct, Samples, Stats};
@@ -56,8 +56,12 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let request = if args.cached {
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from("jwt-agent bench"));
-        let sign =
-            SignRequest { key: key.label.clone(), claims, ttl: Some("20m".into()), ..SignRequest::default() };
+        let sign = SignRequest {
+            key: key.label.clone(),
+            claims,
+            ttl: crate::jwt::Ttl::from_secs(20 * 60),
+            ..SignRequest::default()
+        };
         Request::Sign(sign)
     } else {
         Request::SignInput { key: key.label.clone(), input: load::signing_input(alg) }

@@ -1,40 +1,112 @@
-//! Apple's token rules, one preset per service: what each fills in, and what each refuses before
-//! anything is signed. The same checks serve `sign --preset`, the policy on `sign-input`, and
+//! Presets: a service's token rules as one definition. A preset fills in the header and claims
+//! the service needs and refuses, before anything is signed, what the service would reject. The
+//! built-in ones are in `apple.rs`; a config file defines more with `[presets.NAME]`, of the
+//! same form. The same checks serve `sign --preset`, the policy on `sign-input`, and
 //! `verify --preset`.
 
-use crate::jwt::MAX_IAT_AHEAD_SECS;
+mod apple;
+
+use super::alg::Alg;
+use super::time::{MAX_IAT_AHEAD_SECS, Ttl};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
+use std::sync::Arc;
 
-/// How far `iat` is set back against clocks that run a little ahead of Apple's.
-pub const BACKDATE_SECS: u64 = 30;
-/// How long an APNs token (which has no `exp`) is reused: never refreshed more often than every
-/// 20 minutes (APNs answers 429 then), never used past 60.
-pub const APNS_REUSE_SECS: u64 = 50 * 60;
+pub use apple::APNS_REUSE;
 
-const ASC_AUDIENCE: &str = "appstoreconnect-v1";
-const SIWA_AUDIENCE: &str = "https://appleid.apple.com";
-const MINUTE: u64 = 60;
-const DAY: u64 = 86400;
-/// Sign in with Apple and MusicKit: "no more than 15777000 seconds (6 months)".
-const SIX_MONTHS: u64 = 15_777_000;
+/// One service's rules. Every field but `name` and `rules` can be written in a config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    /// The name `--preset` takes.
+    #[serde(skip)]
+    pub name: String,
+    /// The `alg` the service takes; without it, the key's.
+    pub alg: Option<Alg>,
+    /// The header's `typ`, where the service wants one.
+    pub typ: Option<String>,
+    /// Whether the header carries a `kid` (the key's, unless the request gives one).
+    #[serde(default = "yes")]
+    pub kid: bool,
+    /// Header members the preset sets; a request may not give them other values.
+    #[serde(default)]
+    pub header: Map<String, Value>,
+    /// Claims the preset sets; a request may not give them other values.
+    #[serde(default)]
+    pub claims: Map<String, Value>,
+    /// Claims a token must carry, as non-empty strings.
+    #[serde(default)]
+    pub required: Vec<Required>,
+    /// Claims a token must not carry.
+    #[serde(default)]
+    pub forbidden: Vec<String>,
+    /// When given, the only claims a token may carry.
+    pub only: Option<Vec<String>>,
+    /// The lifetime a token gets when the request asks for none.
+    pub ttl: Option<Ttl>,
+    /// Whether tokens carry an `exp` at all (APNs tokens do not).
+    #[serde(default = "yes")]
+    pub exp: bool,
+    /// The longest lifetime, bounding both `exp - iat` and `exp - now`.
+    pub max_ttl: Option<Ttl>,
+    /// How far `iat` is set back, against clocks that run a little ahead of the service's.
+    pub backdate: Option<Ttl>,
+    /// Whether a token may be handed out again while it is fresh (the token cache).
+    #[serde(default = "yes")]
+    pub cache: bool,
+    /// How long a token without `exp` is handed out again; without it, [`APNS_REUSE`].
+    pub reuse: Option<Ttl>,
+    /// What only code can say: Apple's scopes, WeatherKit's header `id`, ...
+    #[serde(skip)]
+    pub rules: Vec<Rule>,
+}
 
-/// An Apple service's token rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Preset {
-    /// App Store Connect API (team keys; individual keys with `sub: "user"`).
-    AppStoreConnect,
-    /// App Store Server API.
-    AppStoreServer,
-    /// Apple Push Notification service, token-based connections.
-    Apns,
-    /// Sign in with Apple client secrets.
-    SignInWithApple,
-    /// WeatherKit REST API.
-    WeatherKit,
-    /// MusicKit / Apple Music API developer tokens.
-    MusicKit,
+fn yes() -> bool {
+    true
+}
+
+/// A claim a preset requires, with what it is for messages ("the bid claim (the app's bundle ID,
+/// --bid) is required").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Required {
+    /// The claim.
+    pub claim: String,
+    /// What it holds, in a few words.
+    pub what: Option<String>,
+}
+
+impl Required {
+    fn new(claim: &str, what: Option<&str>) -> Required {
+        Required { claim: claim.to_owned(), what: what.map(str::to_owned) }
+    }
+}
+
+impl<'de> Deserialize<'de> for Required {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Required, D::Error> {
+        Ok(Required { claim: String::deserialize(d)?, what: None })
+    }
+}
+
+/// The rules of the built-in presets that are more than fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// App Store Connect: a team key's tokens carry `iss`, an individual key's `sub: "user"`;
+    /// not both, and the key's default `iss` is left out of the second.
+    TeamOrIndividual,
+    /// App Store Connect: `scope` is a list of requests; when every one is a GET of a
+    /// long-lived resource, tokens may live 180 days.
+    Scopes,
+    /// WeatherKit: the header's `id` is `TEAMID.SERVICEID`, the `iss` and the `sub`.
+    IdOfIssAndSub,
+    /// A claim that, when present, is a list of strings (MusicKit's `origin`).
+    StringList {
+        /// The claim.
+        claim: &'static str,
+        /// What its items are, for messages.
+        items: &'static str,
+    },
 }
 
 /// A rule a token broke, named so the caller knows what the service would reject.
@@ -42,103 +114,86 @@ pub enum Preset {
 #[error("{preset}: {rule}")]
 pub struct PresetError {
     /// The preset.
-    pub preset: Preset,
+    pub preset: String,
     /// The rule, as a sentence.
     pub rule: String,
 }
 
 impl Preset {
-    /// Every preset.
-    pub const ALL: [Preset; 6] = [
-        Preset::AppStoreConnect,
-        Preset::AppStoreServer,
-        Preset::Apns,
-        Preset::SignInWithApple,
-        Preset::WeatherKit,
-        Preset::MusicKit,
-    ];
-
-    /// Its name, as `--preset` takes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::AppStoreConnect => "app-store-connect",
-            Preset::AppStoreServer => "app-store-server",
-            Preset::Apns => "apns",
-            Preset::SignInWithApple => "sign-in-with-apple",
-            Preset::WeatherKit => "weatherkit",
-            Preset::MusicKit => "musickit",
-        }
+    fn error(&self, rule: impl Into<String>) -> PresetError {
+        PresetError { preset: self.name.clone(), rule: rule.into() }
     }
 
-    /// The lifetime a token gets when no ttl is given; `None`: no `exp` at all (APNs).
-    pub fn default_ttl(self) -> Option<u64> {
-        match self {
-            Preset::AppStoreConnect | Preset::AppStoreServer => Some(20 * MINUTE),
-            Preset::Apns => None,
-            Preset::SignInWithApple | Preset::MusicKit => Some(180 * DAY),
-            Preset::WeatherKit => Some(60 * MINUTE),
-        }
+    /// How long a token without `exp` is handed out again.
+    pub fn reuse(&self) -> Ttl {
+        self.reuse.unwrap_or(APNS_REUSE)
     }
 
-    fn error(self, rule: impl Into<String>) -> PresetError {
-        PresetError { preset: self, rule: rule.into() }
+    /// Whether a key's configured default `iss` goes into these claims.
+    pub fn takes_default_iss(&self, claims: &Map<String, Value>) -> bool {
+        !(self.rules.contains(&Rule::TeamOrIndividual)
+            && claims.get("sub").and_then(Value::as_str) == Some("user"))
     }
 
-    /// Completes a token for this service from what the caller gave: sets `alg`, `kid` (the
-    /// key's unless given), `typ` where the service wants it, `iat` (now, less
-    /// [`BACKDATE_SECS`]), `exp` from the ttl or the default, and the service's fixed claims; then
-    /// [`check`](Self::check)s the result.
+    /// Completes a token from what the request gave: `alg` (refusing another), `kid` (`key_kid`
+    /// unless given), `typ`, the fixed header members and claims, `iat` (now, less the
+    /// backdate) and `exp` (from `ttl`, else the preset's); then [`check`](Self::check)s it.
     pub fn fill(
-        self,
+        &self,
         header: &mut Map<String, Value>,
         claims: &mut Map<String, Value>,
-        ttl: Option<u64>,
+        ttl: Option<Ttl>,
         key_kid: Option<&str>,
         now: u64,
     ) -> Result<(), PresetError> {
-        if let Some(alg) = header.get("alg").filter(|alg| *alg != "ES256") {
-            return Err(self.error(format!("tokens are signed with ES256, not {alg}")));
+        if let Some(alg) = self.alg {
+            match header.get("alg") {
+                Some(given) if *given != alg.name() => {
+                    return Err(self.error(format!("tokens are signed with {alg}, not {given}")));
+                }
+                _ => {
+                    header.insert("alg".into(), Value::from(alg.name()));
+                }
+            }
         }
-        header.insert("alg".into(), Value::from("ES256"));
-        if !header.contains_key("kid") {
+        if self.kid && !header.contains_key("kid") {
             let kid = key_kid.ok_or_else(|| self.error("the token needs a kid (--kid)"))?;
             header.insert("kid".into(), Value::from(kid));
         }
-        if matches!(self, Preset::AppStoreConnect | Preset::AppStoreServer) {
-            header.entry("typ").or_insert_with(|| Value::from("JWT"));
+        if let Some(typ) = &self.typ {
+            header.entry("typ").or_insert_with(|| Value::from(typ.as_str()));
+        }
+        for (name, value) in &self.header {
+            header.entry(name.as_str()).or_insert_with(|| value.clone());
         }
         for time in ["iat", "exp"] {
             if claims.contains_key(time) {
                 return Err(self.error(format!("the agent sets {time}; give a ttl instead")));
             }
         }
-        let iat = now.saturating_sub(BACKDATE_SECS);
+        let iat = now.saturating_sub(self.backdate.map_or(0, Ttl::secs));
         claims.insert("iat".into(), Value::from(iat));
-        match (ttl.or(self.default_ttl()), self) {
-            (Some(_), Preset::Apns) => {
-                return Err(self.error("APNs tokens have no exp; the agent reuses each for up to 50 minutes"));
+        match (ttl.or(self.ttl), self.exp) {
+            (Some(_), false) => {
+                return Err(self.error(format!(
+                    "{} tokens have no exp; the agent hands out each for up to {}",
+                    self.name,
+                    self.reuse()
+                )));
             }
-            (Some(ttl), _) => {
-                let exp =
-                    iat.checked_add(ttl).ok_or_else(|| self.error("iat + ttl is past the end of time"))?;
+            (Some(ttl), true) => {
+                let exp = iat
+                    .checked_add(ttl.secs())
+                    .ok_or_else(|| self.error("iat + ttl is past the end of time"))?;
                 claims.insert("exp".into(), Value::from(exp));
             }
             (None, _) => {}
         }
-        match self {
-            Preset::AppStoreConnect | Preset::AppStoreServer => {
-                claims.entry("aud").or_insert_with(|| Value::from(ASC_AUDIENCE));
-            }
-            Preset::SignInWithApple => {
-                claims.entry("aud").or_insert_with(|| Value::from(SIWA_AUDIENCE));
-            }
-            Preset::WeatherKit => {
-                // The header's id is TEAMID.SERVICEID: the issuer and the subject.
-                if let (Some(iss), Some(sub)) = (str_claim(claims, "iss"), str_claim(claims, "sub")) {
-                    header.entry("id").or_insert_with(|| Value::from(format!("{iss}.{sub}")));
-                }
-            }
-            Preset::Apns | Preset::MusicKit => {}
+        for (name, value) in &self.claims {
+            claims.entry(name.as_str()).or_insert_with(|| value.clone());
+        }
+        for rule in &self.rules {
+            rule.fill(header, claims);
         }
         self.check(header, claims, now)
     }
@@ -147,16 +202,23 @@ impl Preset {
     /// `iat` at most [`MAX_IAT_AHEAD_SECS`] ahead, and a cap on both `exp - iat` and `exp - now`,
     /// so that a caller's `iat` cannot stretch a token's life.
     pub fn check(
-        self,
+        &self,
         header: &Map<String, Value>,
         claims: &Map<String, Value>,
         now: u64,
     ) -> Result<(), PresetError> {
-        if header.get("alg").and_then(Value::as_str) != Some("ES256") {
-            return Err(self.error("the header's alg must be ES256"));
+        if let Some(alg) = self.alg
+            && header.get("alg").and_then(Value::as_str) != Some(alg.name())
+        {
+            return Err(self.error(format!("the header's alg must be {alg}")));
         }
-        if str_claim(header, "kid").is_none() {
-            return Err(self.error("the header needs a kid: the key's ID from Apple"));
+        if self.kid && non_empty(header, "kid").is_none() {
+            return Err(self.error("the header needs a kid: the key's ID at the service"));
+        }
+        for (name, value) in &self.header {
+            if header.get(name) != Some(value) {
+                return Err(self.error(format!("the header's {name} must be {value}")));
+            }
         }
         let iat = claims.get("iat").and_then(Value::as_u64).ok_or_else(|| self.error("iat must be set"))?;
         if iat > now.saturating_add(MAX_IAT_AHEAD_SECS) {
@@ -167,338 +229,253 @@ impl Preset {
         }
         let exp = claims.get("exp").map(|exp| exp.as_u64().ok_or_else(|| self.error("exp must be a number")));
         let exp = exp.transpose()?;
-        // The longer of exp - iat and exp - now: an iat in the past makes the first longer, one
-        // in the future the second.
-        let lifetime = exp.map(|exp| exp.saturating_sub(iat).max(exp.saturating_sub(now)));
         if exp.is_some_and(|exp| exp <= iat) {
             return Err(self.error("exp must be after iat"));
         }
-        let require = |name: &str| {
-            str_claim(claims, name)
-                .map(|_| ())
-                .ok_or_else(|| self.error(format!("the {name} claim is required")))
-        };
-        let audience = |want: &str| match claims.get("aud").and_then(Value::as_str) {
-            Some(aud) if aud == want => Ok(()),
-            _ => Err(self.error(format!("aud must be {want:?}"))),
-        };
-        let cap = |max: u64, what: &str| match lifetime {
-            None => Err(self.error("the token needs an exp")),
-            Some(lifetime) if lifetime > max => Err(self.error(format!(
-                "the lifetime (exp - iat, or exp - now if longer) is {} and may be at most {} ({what})",
-                human(lifetime),
-                human(max)
-            ))),
-            Some(_) => Ok(()),
-        };
-        match self {
-            Preset::AppStoreConnect => {
-                audience(ASC_AUDIENCE)?;
-                match (claims.get("iss"), claims.get("sub")) {
-                    (Some(_), None) => require("iss")?,
-                    (None, Some(sub)) if sub == "user" => {}
-                    (None, Some(_)) => return Err(self.error("sub may only be \"user\" (individual keys)")),
-                    (Some(_), Some(_)) => {
-                        return Err(self.error("team keys have iss, individual keys sub \"user\"; not both"));
-                    }
-                    (None, None) => {
-                        return Err(self.error("the iss claim (issuer ID) is required, or --sub user"));
-                    }
-                }
-                match scopes(claims).map_err(|rule| self.error(rule))? {
-                    Some(scopes) if !scopes.is_empty() && scopes.iter().all(|s| long_lived(s)) => {
-                        cap(180 * DAY, "180 days for GET requests of long-lived resources")
-                    }
-                    _ => cap(20 * MINUTE, "20 minutes, unless every scope is a GET of a long-lived resource"),
-                }
-            }
-            Preset::AppStoreServer => {
-                require("iss")?;
-                audience(ASC_AUDIENCE)?;
-                require("bid")
-                    .map_err(|_| self.error("the bid claim (the app's bundle ID, --bid) is required"))?;
-                cap(60 * MINUTE, "60 minutes")
-            }
-            Preset::Apns => {
-                require("iss").map_err(|_| self.error("the iss claim (your team ID) is required"))?;
-                for (name, why) in [("exp", "APNs tokens have no exp"), ("aud", "APNs tokens have no aud")] {
-                    if claims.contains_key(name) {
-                        return Err(self.error(why));
-                    }
-                }
-                Ok(())
-            }
-            Preset::SignInWithApple => {
-                require("iss").map_err(|_| self.error("the iss claim (your team ID) is required"))?;
-                require("sub").map_err(|_| self.error("the sub claim (the client ID, --sub) is required"))?;
-                audience(SIWA_AUDIENCE)?;
-                cap(SIX_MONTHS, "15777000 seconds")
-            }
-            Preset::WeatherKit => {
-                require("iss").map_err(|_| self.error("the iss claim (your team ID) is required"))?;
-                require("sub")
-                    .map_err(|_| self.error("the sub claim (the service ID, --sub) is required"))?;
-                if let Some(extra) =
-                    claims.keys().find(|k| !["iss", "iat", "exp", "sub"].contains(&k.as_str()))
-                {
-                    return Err(self
-                        .error(format!("WeatherKit tokens carry iss, iat, exp and sub only, not {extra}")));
-                }
-                let want = format!(
-                    "{}.{}",
-                    str_claim(claims, "iss").unwrap_or(""),
-                    str_claim(claims, "sub").unwrap_or("")
-                );
-                if str_claim(header, "id") != Some(want.as_str()) {
-                    return Err(self.error(format!("the header's id must be TEAMID.SERVICEID, {want:?}")));
-                }
-                lifetime.map(|_| ()).ok_or_else(|| self.error("the token needs an exp"))
-            }
-            Preset::MusicKit => {
-                require("iss").map_err(|_| self.error("the iss claim (your team ID) is required"))?;
-                if let Some(origin) = claims.get("origin")
-                    && !origin.as_array().is_some_and(|o| o.iter().all(Value::is_string))
-                {
-                    return Err(self.error("origin must be a list of origins"));
-                }
-                cap(SIX_MONTHS, "15777000 seconds")
+        for Required { claim, what } in &self.required {
+            if non_empty(claims, claim).is_none() {
+                return Err(self.error(match what {
+                    Some(what) => format!("the {claim} claim ({what}) is required"),
+                    None => format!("the {claim} claim is required"),
+                }));
             }
         }
+        for (name, value) in &self.claims {
+            if claims.get(name) != Some(value) {
+                return Err(self.error(format!("{name} must be {value}")));
+            }
+        }
+        if !self.exp && claims.contains_key("exp") {
+            return Err(self.error(format!("{} tokens have no exp", self.name)));
+        }
+        if let Some(name) = self.forbidden.iter().find(|name| claims.contains_key(name.as_str())) {
+            return Err(self.error(format!("{} tokens have no {name}", self.name)));
+        }
+        if let Some(only) = &self.only
+            && let Some(extra) = claims.keys().find(|k| !only.contains(k))
+        {
+            return Err(self.error(format!("{} tokens carry {} only, not {extra}", self.name, list(only))));
+        }
+        let mut cap = self.max_ttl.map(|max| (max.secs(), None));
+        for rule in &self.rules {
+            rule.check(header, claims).map_err(|rule| self.error(rule))?;
+            if let Some(raised) = rule.cap(claims) {
+                cap = Some(raised);
+            }
+        }
+        if self.exp && exp.is_none() {
+            return Err(self.error("the token needs an exp"));
+        }
+        if let (Some((max, why)), Some(exp)) = (cap, exp) {
+            // The longer of exp - iat and exp - now: an iat in the past makes the first longer, one
+            // in the future the second.
+            let lifetime = exp.saturating_sub(iat).max(exp.saturating_sub(now));
+            if lifetime > max {
+                return Err(self.error(format!(
+                    "the lifetime (exp - iat, or exp - now if longer) is {} and may be at most {}{}",
+                    human(lifetime),
+                    human(max),
+                    why.map(|why| format!(" ({why})")).unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
     }
+}
+
+impl Rule {
+    fn fill(self, header: &mut Map<String, Value>, claims: &Map<String, Value>) {
+        if self == Rule::IdOfIssAndSub
+            && let (Some(iss), Some(sub)) = (non_empty(claims, "iss"), non_empty(claims, "sub"))
+        {
+            header.entry("id").or_insert_with(|| Value::from(format!("{iss}.{sub}")));
+        }
+    }
+
+    fn check(self, header: &Map<String, Value>, claims: &Map<String, Value>) -> Result<(), String> {
+        match self {
+            Rule::TeamOrIndividual => match (claims.get("iss"), claims.get("sub")) {
+                (Some(_), None) if non_empty(claims, "iss").is_some() => Ok(()),
+                (Some(_), None) => Err("the iss claim (issuer ID) must not be empty".into()),
+                (None, Some(sub)) if sub == "user" => Ok(()),
+                (None, Some(_)) => Err("sub may only be \"user\" (individual keys)".into()),
+                (Some(_), Some(_)) => {
+                    Err("team keys have iss, individual keys sub \"user\"; not both".into())
+                }
+                (None, None) => Err("the iss claim (issuer ID) is required, or --sub user".into()),
+            },
+            Rule::Scopes => apple::scopes(claims).map(drop),
+            Rule::IdOfIssAndSub => {
+                let want = format!(
+                    "{}.{}",
+                    non_empty(claims, "iss").unwrap_or(""),
+                    non_empty(claims, "sub").unwrap_or("")
+                );
+                if non_empty(header, "id") == Some(want.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("the header's id must be TEAMID.SERVICEID, {want:?}"))
+                }
+            }
+            Rule::StringList { claim, items } => match claims.get(claim) {
+                Some(value) if !value.as_array().is_some_and(|v| v.iter().all(Value::is_string)) => {
+                    Err(format!("{claim} must be a list of {items}"))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// A cap this rule sets instead of the preset's, with why.
+    fn cap(self, claims: &Map<String, Value>) -> Option<(u64, Option<&'static str>)> {
+        match self {
+            Rule::Scopes => Some(apple::scope_cap(claims)),
+            _ => None,
+        }
+    }
+}
+
+/// The presets a daemon knows: the built-in ones and those its config defines.
+#[derive(Debug, Clone)]
+pub struct Presets {
+    by_name: BTreeMap<String, Arc<Preset>>,
+}
+
+impl Default for Presets {
+    fn default() -> Self {
+        Presets::builtin()
+    }
+}
+
+impl Presets {
+    /// The built-in presets.
+    pub fn builtin() -> Presets {
+        let by_name = apple::presets().into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        Presets { by_name }
+    }
+
+    /// The built-in presets and `defined` (`[presets.NAME]` of a config file), checked.
+    pub fn with(defined: BTreeMap<String, Preset>) -> Result<Presets, String> {
+        let mut presets = Presets::builtin();
+        for (name, mut preset) in defined {
+            check_name(&name)?;
+            if presets.by_name.contains_key(&name) {
+                return Err(format!("presets.{name}: a built-in preset has that name; pick another"));
+            }
+            if let (Some(ttl), Some(max)) = (preset.ttl, preset.max_ttl)
+                && ttl > max
+            {
+                return Err(format!("presets.{name}: ttl {ttl} is longer than max_ttl {max}"));
+            }
+            if !preset.exp && (preset.ttl.is_some() || preset.max_ttl.is_some()) {
+                return Err(format!("presets.{name}: exp = false, so neither ttl nor max_ttl applies"));
+            }
+            preset.name = name.clone();
+            presets.by_name.insert(name, Arc::new(preset));
+        }
+        Ok(presets)
+    }
+
+    /// The preset named `name`.
+    pub fn get(&self, name: &str) -> Result<&Arc<Preset>, String> {
+        self.by_name.get(name).ok_or_else(|| format!("unknown preset {name:?} (presets: {})", self.names()))
+    }
+
+    /// Every name, for messages.
+    pub fn names(&self) -> String {
+        self.by_name.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Refuses a preset name that is not lowercase letters, digits and dashes (what `--preset` and
+/// the wire take).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let good = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if good {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a preset name: lowercase letters, digits and dashes, as app-store-connect"
+        ))
+    }
+}
+
+fn non_empty<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    map.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn list(names: &[String]) -> String {
+    match names {
+        [] => "nothing".into(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+fn human(secs: u64) -> String {
+    Ttl::from_secs(secs).map_or_else(|| format!("{secs}s"), |ttl| ttl.to_string())
 }
 
 impl fmt::Display for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Preset {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Preset, String> {
-        Preset::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-            format!("unknown preset {name:?} (presets: {})", names.join(", "))
-        })
-    }
-}
-
-fn str_claim<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    map.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-fn scopes(claims: &Map<String, Value>) -> Result<Option<Vec<&str>>, &'static str> {
-    match claims.get("scope") {
-        None => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|s| s.as_str().ok_or("scope must be a list of strings"))
-            .collect::<Result<_, _>>()
-            .map(Some),
-        Some(_) => Err("scope must be a list of strings, such as [\"GET /v1/apps\"]"),
-    }
-}
-
-/// The App Store Connect resources whose GET requests may use tokens of up to 180 days: Build
-/// Actions, Build Runs, Git References, Issues, macOS Versions, Products, Providers, Power and
-/// Performance Metrics and Logs, Pull Requests, Repositories, Test Results, Workflows and Xcode
-/// Versions, by the path names the API gives them.
-const LONG_LIVED: &[&str] = &[
-    "ciBuildActions",
-    "ciBuildRuns",
-    "scmGitReferences",
-    "ciIssues",
-    "ciMacOsVersions",
-    "ciProducts",
-    "scmProviders",
-    "perfPowerMetrics",
-    "diagnosticSignatures",
-    "diagnosticLogs",
-    "scmPullRequests",
-    "scmRepositories",
-    "ciTestResults",
-    "ciWorkflows",
-    "ciXcodeVersions",
-];
-
-/// Whether a scope entry is a GET of a long-lived resource: `GET /v1/ciBuildRuns/ID`, or the
-/// metrics of an app or build, `GET /v1/apps/ID/perfPowerMetrics`.
-fn long_lived(scope: &str) -> bool {
-    let Some(path) = scope.strip_prefix("GET ") else { return false };
-    let path = path.split('?').next().unwrap_or("");
-    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    // Apple's examples write scopes with and without the API version.
-    if segments
-        .first()
-        .is_some_and(|s| s.len() >= 2 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit()))
-    {
-        segments.remove(0);
-    }
-    let first = segments.first().copied().unwrap_or("");
-    let last = segments.last().copied().unwrap_or("");
-    LONG_LIVED.contains(&first) || matches!(last, "perfPowerMetrics" | "diagnosticSignatures")
-}
-
-fn human(secs: u64) -> String {
-    match secs {
-        s if s % DAY == 0 => format!("{}d", s / DAY),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+        f.write_str(&self.name)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    const NOW: u64 = 1_800_000_000;
-
-    fn fill(preset: Preset, claims: Value, ttl: Option<u64>) -> Result<(Value, Value), PresetError> {
-        let mut header = Map::new();
-        let mut claims = claims.as_object().unwrap().clone();
-        preset.fill(&mut header, &mut claims, ttl, Some("ABC123DEFG"), NOW)?;
-        Ok((Value::Object(header), Value::Object(claims)))
+    #[test]
+    fn a_config_defines_a_preset_of_the_same_form() {
+        let toml = r#"
+            alg = "RS256"
+            typ = "JWT"
+            kid = false
+            claims = { aud = "https://auth.example.com/token" }
+            required = ["iss", "sub"]
+            forbidden = ["nbf"]
+            ttl = "5m"
+            max_ttl = "1h"
+            backdate = "60s"
+            cache = false
+        "#;
+        let preset: Preset = toml::from_str(toml).unwrap();
+        let presets = Presets::with(BTreeMap::from([("example".to_owned(), preset)])).unwrap();
+        let preset = presets.get("example").unwrap();
+        let (mut header, mut claims) = (Map::new(), Map::new());
+        claims.insert("iss".into(), Value::from("client"));
+        claims.insert("sub".into(), Value::from("client"));
+        let now = 1_800_000_000;
+        preset.fill(&mut header, &mut claims, None, Some("k"), now).unwrap();
+        assert_eq!(Value::Object(header), serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+        assert_eq!(claims["iat"], now - 60);
+        assert_eq!(claims["exp"], now - 60 + 300);
+        assert_eq!(claims["aud"], "https://auth.example.com/token");
+        assert!(!preset.cache);
+        let (mut header, mut claims) = (Map::new(), Map::new());
+        claims.insert("iss".into(), Value::from("client"));
+        let error = preset.fill(&mut header, &mut claims, None, None, now).unwrap_err();
+        assert_eq!(error.to_string(), "example: the sub claim is required");
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::from("c"));
+        claims.insert("sub".into(), Value::from("c"));
+        let error = preset.fill(&mut Map::new(), &mut claims, Some(Ttl::from_secs(7200).unwrap()), None, now);
+        assert!(error.unwrap_err().to_string().contains("at most 1h"));
     }
 
     #[test]
-    fn each_preset_fills_what_its_service_needs() {
-        let iat = NOW - 30;
-        let (h, c) = fill(Preset::AppStoreConnect, json!({"iss": "team-uuid"}), None).unwrap();
-        assert_eq!(h, json!({"alg": "ES256", "kid": "ABC123DEFG", "typ": "JWT"}));
-        assert_eq!(
-            c,
-            json!({"iss": "team-uuid", "iat": iat, "exp": iat + 1200, "aud": "appstoreconnect-v1"})
-        );
-
-        let (_, c) = fill(Preset::AppStoreConnect, json!({"sub": "user"}), None).unwrap();
-        assert_eq!(c["sub"], "user");
-        assert!(c.get("iss").is_none());
-
-        // The App Store Server API token people sign in-process today: bid, 30 minutes.
-        let (h, c) =
-            fill(Preset::AppStoreServer, json!({"iss": "team-uuid", "bid": "com.example.app"}), Some(1800))
-                .unwrap();
-        assert_eq!(h, json!({"alg": "ES256", "kid": "ABC123DEFG", "typ": "JWT"}));
-        assert_eq!(
-            c,
-            json!({"iss": "team-uuid", "iat": iat, "exp": iat + 1800, "aud": "appstoreconnect-v1", "bid": "com.example.app"})
-        );
-
-        let (h, c) = fill(Preset::Apns, json!({"iss": "TEAMID1234"}), None).unwrap();
-        assert_eq!(h, json!({"alg": "ES256", "kid": "ABC123DEFG"}));
-        assert_eq!(c, json!({"iss": "TEAMID1234", "iat": iat}));
-
-        let (_, c) =
-            fill(Preset::SignInWithApple, json!({"iss": "TEAMID1234", "sub": "com.example.web"}), None)
-                .unwrap();
-        assert_eq!(c["aud"], "https://appleid.apple.com");
-        assert_eq!(c["exp"], iat + 180 * 86400);
-
-        let (h, c) =
-            fill(Preset::WeatherKit, json!({"iss": "TEAMID1234", "sub": "com.example.weather"}), None)
-                .unwrap();
-        assert_eq!(h["id"], "TEAMID1234.com.example.weather");
-        assert_eq!(
-            c,
-            json!({"iss": "TEAMID1234", "iat": iat, "exp": iat + 3600, "sub": "com.example.weather"})
-        );
-
-        let (_, c) =
-            fill(Preset::MusicKit, json!({"iss": "TEAMID1234", "origin": ["https://example.com"]}), None)
-                .unwrap();
-        assert_eq!(c["exp"], iat + 180 * 86400);
-    }
-
-    #[test]
-    fn what_the_service_would_reject_is_refused() {
-        let refused = [
-            (Preset::AppStoreConnect, json!({"iss": "t"}), Some(21 * 60), "at most 20m"),
-            (
-                Preset::AppStoreConnect,
-                json!({"iss": "t", "scope": ["GET /v1/apps"]}),
-                Some(2 * 86400),
-                "at most 20m",
-            ),
-            (
-                Preset::AppStoreConnect,
-                json!({"iss": "t", "scope": ["POST /v1/ciBuildRuns"]}),
-                Some(86400),
-                "at most 20m",
-            ),
-            (
-                Preset::AppStoreConnect,
-                json!({"iss": "t", "scope": ["GET /v1/ciBuildRuns"]}),
-                Some(181 * 86400),
-                "at most 180d",
-            ),
-            (Preset::AppStoreConnect, json!({"iss": "t", "scope": "GET /v1/apps"}), None, "list of strings"),
-            (Preset::AppStoreConnect, json!({}), None, "iss claim"),
-            (Preset::AppStoreConnect, json!({"iss": "t", "sub": "user"}), None, "not both"),
-            (Preset::AppStoreConnect, json!({"sub": "admin"}), None, "only be \"user\""),
-            (Preset::AppStoreConnect, json!({"iss": "t", "aud": "other"}), None, "aud must be"),
-            (Preset::AppStoreServer, json!({"iss": "t"}), None, "bid claim"),
-            (Preset::AppStoreServer, json!({"iss": "t", "bid": "b"}), Some(61 * 60), "at most 1h"),
-            (Preset::Apns, json!({"iss": "t"}), Some(600), "no exp"),
-            (Preset::Apns, json!({"iss": "t", "aud": "x"}), None, "no aud"),
-            (Preset::Apns, json!({}), None, "team ID"),
-            (Preset::SignInWithApple, json!({"iss": "t"}), None, "client ID"),
-            (Preset::SignInWithApple, json!({"iss": "t", "sub": "c"}), Some(15_777_001), "at most"),
-            (Preset::WeatherKit, json!({"iss": "t", "sub": "s", "aud": "x"}), None, "only, not aud"),
-            (Preset::WeatherKit, json!({"iss": "t"}), None, "service ID"),
-            (Preset::MusicKit, json!({"iss": "t", "origin": "https://x"}), None, "list of origins"),
-            (Preset::MusicKit, json!({"iss": "t", "exp": 5}), None, "agent sets exp"),
-        ];
-        for (preset, claims, ttl, want) in refused {
-            let error = fill(preset, claims.clone(), ttl).unwrap_err();
-            assert!(error.to_string().contains(want), "{preset} {claims} {ttl:?}: {error}");
-        }
-        let mut header = Map::new();
-        header.insert("alg".into(), Value::from("ES384"));
-        let error = Preset::Apns.fill(&mut header, &mut Map::new(), None, Some("k"), NOW).unwrap_err();
-        assert!(error.to_string().contains("ES256"), "{error}");
-    }
-
-    #[test]
-    fn a_callers_iat_cannot_stretch_a_lifetime() {
-        let header = json!({"alg": "ES256", "kid": "k", "typ": "JWT"});
-        let header = header.as_object().unwrap();
-        let check = |iat: u64, exp: u64| {
-            let claims = json!({"iss": "t", "aud": "appstoreconnect-v1", "iat": iat, "exp": exp});
-            Preset::AppStoreConnect.check(header, claims.as_object().unwrap(), NOW)
-        };
-        assert!(check(NOW, NOW + 1200).is_ok());
-        let later = NOW + 10 * 365 * 86400;
-        assert!(check(later, later + 1200).unwrap_err().to_string().contains("ahead of the agent's clock"));
-        assert!(check(u64::MAX, 4_102_444_800).unwrap_err().to_string().contains("ahead"));
-        // An iat in the past makes exp - iat the longer, one a little ahead exp - now.
-        assert!(check(NOW - 600, NOW + 1200).unwrap_err().to_string().contains("at most 20m"));
-        assert!(check(NOW + 50, NOW + 1210).unwrap_err().to_string().contains("at most 20m"));
-    }
-
-    #[test]
-    fn long_lived_scopes_may_live_180_days() {
-        for scope in [
-            "GET /v1/ciBuildRuns/123",
-            "GET /ciProducts",
-            "GET /v1/apps/1/perfPowerMetrics",
-            "GET /v1/scmRepositories?limit=5",
-        ] {
-            let claims = json!({"iss": "t", "scope": [scope]});
-            assert!(fill(Preset::AppStoreConnect, claims, Some(180 * 86400)).is_ok(), "{scope}");
-        }
-        for scope in ["GET /v1/apps", "DELETE /v1/ciProducts/1", "GET", "get /v1/ciProducts"] {
-            assert!(!long_lived(scope), "{scope}");
-        }
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for preset in Preset::ALL {
-            assert_eq!(preset.name().parse::<Preset>(), Ok(preset));
-        }
-        assert!("asc".parse::<Preset>().unwrap_err().contains("app-store-connect"));
+    fn config_presets_are_checked() {
+        let preset = |toml: &str| toml::from_str::<Preset>(toml).unwrap();
+        let with = |name: &str, p: Preset| Presets::with(BTreeMap::from([(name.to_owned(), p)]));
+        assert!(with("apns", preset("")).unwrap_err().contains("built-in"));
+        assert!(with("Bad Name", preset("")).unwrap_err().contains("not a preset name"));
+        assert!(with("x", preset("ttl = \"2h\"\nmax_ttl = \"1h\"")).unwrap_err().contains("longer than"));
+        assert!(with("x", preset("exp = false\nttl = \"1h\"")).unwrap_err().contains("exp = false"));
+        assert!(toml::from_str::<Preset>("colour = 1").unwrap_err().to_string().contains("unknown field"));
+        assert!(toml::from_str::<Preset>("alg = \"HS256\"").unwrap_err().to_string().contains("HS256"));
     }
 }
