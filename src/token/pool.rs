@@ -102,6 +102,21 @@ impl Worker {
     }
 
     fn call<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {
+        // A job that panics (a bug) fails its request, not the worker: the session it may have
+        // left mid-operation is dropped, and the next job opens a new one.
+        let guarded = |token: &Token, session: &Session| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(token, session)))
+                .unwrap_or_else(|panic| Err(TokenError::Panicked(panic_message(&*panic))))
+        };
+        let result = self.run_job(&guarded);
+        if matches!(result, Err(TokenError::Panicked(_))) {
+            crate::warn!("a job panicked on a worker; its session is closed and the worker goes on");
+            self.session = None;
+        }
+        result
+    }
+
+    fn run_job<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {
         if let Some(session) = &self.session {
             match f(&self.token, session) {
                 Err(e) if e.is_session_fault() => {
@@ -128,4 +143,13 @@ impl Worker {
             result => result,
         }
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
