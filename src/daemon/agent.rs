@@ -44,14 +44,10 @@ pub(super) struct Counters {
 
 impl Agent {
     /// An agent signing with `pool` under `policy`, auditing to `audit` (with its path) if
-    /// given; a `stop` request sets `stop` to true.
-    pub fn new(
-        pool: Pool,
-        policy: Policy,
-        audit: Option<(AuditLog, String)>,
-        stop: watch::Sender<bool>,
-    ) -> Self {
+    /// given.
+    pub fn new(pool: Pool, policy: Policy, audit: Option<(AuditLog, String)>) -> Self {
         let (audit, audit_path) = audit.map_or((None, None), |(log, path)| (Some(log), Some(path)));
+        let (stop, _) = watch::channel(false);
         Agent {
             pool,
             policy: Arc::new(policy),
@@ -177,9 +173,16 @@ impl Agent {
         }
     }
 
-    /// Tells every connection to stop after the request it is on.
+    /// Tells the server to stop accepting, and every connection to stop after the request it is
+    /// on (a `stop` request, or shutdown).
     pub fn request_stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// Resolves once [`request_stop`](Self::request_stop) has been called.
+    pub async fn stopping(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|stopping| *stopping).await;
     }
 
     /// The one answer a peer the policy does not admit gets before the connection closes.

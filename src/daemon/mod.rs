@@ -13,6 +13,8 @@ mod server;
 mod signing;
 mod sinks;
 mod systemd;
+#[cfg(test)]
+mod tests;
 
 pub use agent::Agent;
 pub use server::{Limits, serve};
@@ -26,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -133,8 +134,7 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Setup(format!("cannot start the runtime: {e}")))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit, stop_tx));
+    let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit));
     let served = runtime.block_on(async {
         let listener = match passed {
             Some(listener) => {
@@ -161,7 +161,7 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
             .into_iter()
             .collect();
         tasks.extend(options.sinks.iter().map(|sink| tokio::spawn(sinks::keep(agent.clone(), sink.clone()))));
-        serve(listener, agent.clone(), stop_rx, limits).await;
+        serve(listener, agent.clone(), limits, shutdown_signal()).await;
         for task in tasks {
             task.abort();
             let _ = task.await;
@@ -202,7 +202,7 @@ async fn lock_when_idle(agent: Arc<Agent>, after: Duration) {
     }
 }
 
-pub(super) async fn shutdown_signal() {
+async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))

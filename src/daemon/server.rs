@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// How long shutdown waits for connections to finish the request they are on.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -61,25 +61,24 @@ enum Admission {
     Forbidden,
 }
 
-/// Serves connections on `listener` until `stop` turns true (a `stop` request) or a signal
-/// comes, then waits for each connection to finish the request it is on.
+/// Serves connections on `listener` until `shutdown` resolves or a client sends `stop`, then
+/// waits (at most `DRAIN`) for each connection to finish the request it is on. The daemon
+/// passes SIGTERM and SIGINT as `shutdown`; tests pass what they like.
 pub async fn serve(
     listener: UnixListener,
     agent: Arc<Agent>,
-    mut stop: watch::Receiver<bool>,
     limits: Limits,
+    shutdown: impl Future<Output = ()>,
 ) {
     let slots = Slots::new(limits.max_connections, agent.owner());
     let floods = Arc::new(Floods::new());
     // Each connection holds a clone; when all are dropped, every connection has ended.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let signals = super::shutdown_signal();
-    tokio::pin!(signals);
-    let for_connections = stop.clone();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => break,
-            () = &mut signals => break,
+            () = agent.stopping() => break,
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     // Read at accept, before the client can exec something else: the audit's
@@ -96,12 +95,11 @@ pub async fn serve(
                     } else {
                         slots.take(peer.uid).map_or(Admission::Busy, Admission::Serve)
                     };
-                    let (agent, stop, done, floods) =
-                        (agent.clone(), for_connections.clone(), done_tx.clone(), floods.clone());
+                    let (agent, done, floods) = (agent.clone(), done_tx.clone(), floods.clone());
                     tokio::spawn(async move {
                         match admission {
                             Admission::Serve(slot) => {
-                                serve_connection(stream, &agent, &peer, stop, limits.read_timeout, &floods).await;
+                                serve_connection(stream, &agent, &peer, limits.read_timeout, &floods).await;
                                 drop(slot);
                             }
                             Admission::Busy => {
@@ -153,7 +151,6 @@ async fn serve_connection(
     stream: UnixStream,
     agent: &Agent,
     peer: &Peer,
-    mut stop: watch::Receiver<bool>,
     read_timeout: Duration,
     floods: &Floods,
 ) {
@@ -163,7 +160,7 @@ async fn serve_connection(
     loop {
         let frame = tokio::select! {
             frame = reader.read_frame_within(IDLE_TIMEOUT, read_timeout) => frame,
-            _ = stop.wait_for(|stopping| *stopping) => break,
+            () = agent.stopping() => break,
         };
         let answer = match frame {
             Ok(Frame::Line) => {
