@@ -96,8 +96,7 @@ pub fn encode_signing_input(header: &Map<String, Value>, claims: &Map<String, Va
 }
 
 fn encode_json(object: &Map<String, Value>, out: &mut String) {
-    // Serializing a map of JSON values cannot fail.
-    let json = serde_json::to_vec(object).unwrap_or_default();
+    let json = serde_json::to_vec(object).expect("a map of JSON values serializes");
     URL_SAFE_NO_PAD.encode_string(json, out);
 }
 
@@ -157,5 +156,114 @@ mod tests {
     #[test]
     fn compact_appends_the_signature() {
         assert_eq!(compact("a.b", &[0xff, 0xfe]), "a.b.__4");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Signing input generated valid, so each case reaches its assertion, then mutated the ways
+    //! a caller fishing for a signature over other bytes would.
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..5).prop_map(|m| m.into_iter().collect())
+    }
+
+    /// A header with a known `alg` and neither `b64` nor `crit`, and any claims.
+    fn valid() -> impl Strategy<Value = (Alg, Map<String, Value>, Map<String, Value>)> {
+        (prop::sample::select(Alg::ALL.to_vec()), object(), object()).prop_map(|(alg, mut header, claims)| {
+            header.retain(|name, _| name != "b64" && name != "crit");
+            header.insert("alg".into(), Value::from(alg.name()));
+            (alg, header, claims)
+        })
+    }
+
+    fn segments(input: &str) -> (String, String) {
+        let (header, claims) = input.split_once('.').unwrap();
+        (header.to_owned(), claims.to_owned())
+    }
+
+    fn json_of(segment: &str) -> String {
+        String::from_utf8(URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn what_is_built_is_accepted_as_built((alg, header, claims) in valid()) {
+            let input = encode_signing_input(&header, &claims);
+            let parsed = parse_signing_input(&input).unwrap();
+            prop_assert_eq!(parsed.alg, alg);
+            prop_assert_eq!(parsed.header, header);
+            prop_assert_eq!(parsed.claims, claims);
+        }
+
+        #[test]
+        fn a_member_named_twice_in_either_segment_is_refused((_, header, claims) in valid(), in_claims in any::<bool>()) {
+            let (h, c) = segments(&encode_signing_input(&header, &claims));
+            let twice = |json: String, name: &str| format!("{},\"{name}\":1}}", &json[..json.len() - 1]);
+            let (h, c) = if in_claims {
+                let json = json_of(&c);
+                let json = if claims.is_empty() { "{\"a\":1}".to_owned() } else { json };
+                let name = serde_json::from_str::<Map<String, Value>>(&json).unwrap().keys().next().unwrap().clone();
+                (h, URL_SAFE_NO_PAD.encode(twice(json, &name)))
+            } else {
+                (URL_SAFE_NO_PAD.encode(twice(json_of(&h), "alg")), c)
+            };
+            let error = parse_signing_input(&format!("{h}.{c}")).unwrap_err();
+            prop_assert!(matches!(error, JoseError::Json(..)), "{}", error);
+        }
+
+        #[test]
+        fn b64_crit_and_unknown_algs_are_refused((_, mut header, claims) in valid(), pick in 0..3usize, name in "[A-Za-z0-9]{0,8}") {
+            match pick {
+                0 => { header.insert("b64".into(), Value::from(false)); }
+                1 => { header.insert("crit".into(), Value::from(vec!["exp"])); }
+                _ => {
+                    prop_assume!(Alg::from_name(&name).is_none());
+                    header.insert("alg".into(), Value::from(name));
+                }
+            }
+            prop_assert!(parse_signing_input(&encode_signing_input(&header, &claims)).is_err());
+        }
+
+        #[test]
+        fn padding_other_alphabets_and_extra_segments_are_refused((_, header, claims) in valid(), pick in 0..4usize) {
+            let (h, c) = segments(&encode_signing_input(&header, &claims));
+            let mutated = match pick {
+                0 => format!("{h}=.{c}"),
+                1 => format!("{h}.{}", c.replace('-', "+").replace('_', "/") + "+/"),
+                2 => format!("{h}.{c}.{c}"),
+                _ => format!("{h}{c}"),
+            };
+            prop_assert!(parse_signing_input(&mutated).is_err(), "{}", mutated);
+        }
+
+        #[test]
+        fn any_string_is_refused_or_is_two_json_objects_with_a_known_alg(input in ".{0,200}") {
+            if let Ok(parsed) = parse_signing_input(&input) {
+                prop_assert_eq!(input.split('.').count(), 2);
+                prop_assert!(Alg::from_name(parsed.header["alg"].as_str().unwrap()).is_some());
+            }
+        }
     }
 }
