@@ -131,7 +131,9 @@ impl Config {
             .map_err(|e| format!("cannot read the config {}: {e}", path.display()))?;
         let mut config: Config =
             toml::from_str(&text).map_err(|e| format!("the config {} is not valid: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that paths taken from it stay right when the daemon leaves for `/`.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         let d = &mut config.daemon;
         let sinks = config.sinks.iter_mut().map(|s| &mut s.path);
         for file in [&mut d.module, &mut d.pin_file, &mut d.socket, &mut d.audit_log]

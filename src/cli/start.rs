@@ -3,7 +3,6 @@
 use super::{DaemonArgs, Failure};
 use crate::cli::EXIT_OTHER;
 use crate::client::{Client, ClientError};
-use crate::daemon::Options;
 use crate::{paths, pin};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
@@ -18,7 +17,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// Runs `jwt-agent daemon` in the background, waits until its socket answers, and prints
 /// `JWT_AGENT_SOCK=...; export JWT_AGENT_SOCK;` and `echo Agent pid N;` for `eval`.
 pub fn start(args: DaemonArgs) -> Result<(), Failure> {
-    let (options, config) = args.resolve()?;
+    let (options, _) = args.resolve()?;
     let socket = options.socket.clone();
     match Client::connect(&socket) {
         Ok(_) => {
@@ -50,12 +49,11 @@ pub fn start(args: DaemonArgs) -> Result<(), Failure> {
     let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0);
     let log_err = log.try_clone().map_err(|e| Failure::new(EXIT_OTHER, e.to_string()))?;
 
-    let mut command = daemon_command(&options, config.as_deref())?;
+    let mut command = daemon_command()?;
     command
         .stdin(if prompted.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::null())
         .stderr(log_err)
-        .current_dir("/")
         // Its own process group: a Ctrl-C in the shell that ran `start` does not reach it.
         .process_group(0);
     if prompted.is_some() {
@@ -121,31 +119,16 @@ pub fn stop(socket: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `jwt-agent daemon` with the resolved options; the config file too, for its policy.
-fn daemon_command(options: &Options, config: Option<&Path>) -> Result<Command, Failure> {
+/// `jwt-agent daemon` with the flags `start` was given, as given: the daemon resolves them as
+/// `start` did (same folder, same environment), then leaves the folder for `/`.
+fn daemon_command() -> Result<Command, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot find this program: {e}")))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let flags =
+        args.iter().skip(1).position(|a| a == "start").map_or(&args[args.len()..], |at| &args[at + 2..]);
     let mut command = Command::new(exe);
-    command.arg("daemon").arg("--module").arg(&options.module);
-    command.arg("--token").arg(&options.token).arg("--socket").arg(&options.socket);
-    let files = [
-        ("--config", config),
-        ("--pin-file", options.pin_file.as_deref()),
-        ("--audit-log", options.audit_log.as_deref()),
-    ];
-    for (flag, file) in files {
-        if let Some(file) = file {
-            command.arg(flag).arg(file);
-        }
-    }
-    if let Some(n) = options.sessions {
-        command.arg("--sessions").arg(n.to_string());
-    }
-    if let Some(after) = options.lock_after {
-        command.arg("--lock-after").arg(format!("{}s", after.as_secs()));
-    }
-    command.arg("--max-connections").arg(options.max_connections.to_string());
-    command.arg("--read-timeout").arg(format!("{}s", options.read_timeout.as_secs()));
+    command.arg("daemon").args(flags);
     Ok(command)
 }
 
