@@ -143,7 +143,7 @@ pub fn pubkey(args: PubkeyArgs) -> Result<(), Failure> {
         return Err(Failure::usage("give KEY, or --format jwks for every key"));
     }
     let result = connect(&args.socket)?.pubkey(args.key.as_deref(), format)?;
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("a JSON value serializes");
     match (result.pem, result.jwk, result.jwks) {
         (Some(pem), _, _) => print_line(pem.trim_end()),
         (_, Some(jwk), _) => print_line(&pretty(&jwk)),
@@ -180,7 +180,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token breaks a rule of {e}")))?;
     }
     let out = json!({ "header": verified.header, "claims": verified.claims });
-    print_line(&serde_json::to_string_pretty(&out).unwrap_or_default())
+    print_line(&serde_json::to_string_pretty(&out).expect("a JSON value serializes"))
 }
 
 #[cfg(test)]

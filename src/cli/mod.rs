@@ -210,7 +210,13 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Daemon(args) => Ok(crate::daemon::run(args.resolve()?.0)?),
+        Command::Daemon(args) => {
+            let options = args.resolve()?.0;
+            // Every path is absolute now; a daemon keeps no folder busy.
+            std::env::set_current_dir("/")
+                .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot change to /: {e}")))?;
+            Ok(crate::daemon::run(options)?)
+        }
         Command::Start(args) => start::start(args),
         Command::Stop(args) => start::stop(args.socket.as_deref()),
         Command::Sign(args) => {

@@ -6,7 +6,7 @@ use std::fmt::Write;
 /// The `keys` listing: a table, or a JSON array.
 pub fn keys(keys: &[KeyInfo], json: bool) -> String {
     if json {
-        return serde_json::to_string_pretty(keys).unwrap_or_default();
+        return serde_json::to_string_pretty(keys).expect("key descriptions serialize");
     }
     if keys.is_empty() {
         return "no signing keys on the token".to_owned();
@@ -49,7 +49,7 @@ fn table<const N: usize>(head: [&str; N], rows: &[[&str; N]]) -> String {
 /// The `status` report.
 pub fn status(s: &StatusResult, json: bool) -> String {
     if json {
-        return serde_json::to_string_pretty(s).unwrap_or_default();
+        return serde_json::to_string_pretty(s).expect("a status serializes");
     }
     let pin = match (s.token.pin.locked, s.token.pin.final_try, s.token.pin.count_low) {
         (true, _, _) => "locked",

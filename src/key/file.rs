@@ -2,7 +2,8 @@
 //! files are. Used only to put a key on the token; every buffer that holds key bytes is zeroized.
 
 use crate::key::{Curve, PublicKey};
-use pkcs8::der::Decode;
+use der::Decode;
+use der::asn1::ObjectIdentifier;
 use zeroize::{Zeroize, Zeroizing};
 
 /// Secret bytes, zeroized on drop.
@@ -88,9 +89,8 @@ pub enum KeyFileError {
     Unsupported(String),
 }
 
-const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-const ED25519: &str = "1.3.101.112";
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
 /// Reads a PKCS#8 PEM private key.
 pub fn parse_pem(text: &str) -> Result<PrivateKey, KeyFileError> {
@@ -111,16 +111,16 @@ pub fn parse_der(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
     let malformed = |e: &dyn std::fmt::Display| KeyFileError::Malformed(e.to_string());
     let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|e| malformed(&e))?;
     let (oid, params) = info.algorithm.oids().map_err(|e| malformed(&e))?;
-    match (oid.to_string().as_str(), params.map(|p| p.to_string())) {
-        (EC_PUBLIC_KEY, Some(curve)) => ec(der, &curve),
+    match (oid, params) {
+        (EC_PUBLIC_KEY, Some(curve)) => ec(der, curve),
         (EC_PUBLIC_KEY, None) => Err(KeyFileError::Malformed("an EC key without a named curve".into())),
         (RSA_ENCRYPTION, _) => rsa(info.private_key.as_bytes()),
-        (ED25519, _) => ed25519(der),
+        (oid, _) if Curve::from_oid(oid) == Some(Curve::Ed25519) => ed25519(der),
         (other, _) => Err(KeyFileError::Unsupported(format!("algorithm {other}"))),
     }
 }
 
-fn ec(der: &[u8], curve_oid: &str) -> Result<PrivateKey, KeyFileError> {
+fn ec(der: &[u8], curve_oid: ObjectIdentifier) -> Result<PrivateKey, KeyFileError> {
     use p256::pkcs8::DecodePrivateKey;
     let malformed = |e: pkcs8::Error| KeyFileError::Malformed(e.to_string());
     // The scalar is copied out of the stack array `to_bytes` returns, which is then wiped.
@@ -129,20 +129,20 @@ fn ec(der: &[u8], curve_oid: &str) -> Result<PrivateKey, KeyFileError> {
         bytes.zeroize();
         copy
     };
-    let (curve, scalar, public) = match curve_oid {
-        "1.2.840.10045.3.1.7" => {
+    let (curve, scalar, public) = match Curve::from_oid(curve_oid) {
+        Some(Curve::P256) => {
             let key = p256::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
             (Curve::P256, secret(&mut key.to_bytes()), PublicKey::P256(key.public_key()))
         }
-        "1.3.132.0.34" => {
+        Some(Curve::P384) => {
             let key = p384::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
             (Curve::P384, secret(&mut key.to_bytes()), PublicKey::P384(key.public_key()))
         }
-        "1.3.132.0.35" => {
+        Some(Curve::P521) => {
             let key = p521::SecretKey::from_pkcs8_der(der).map_err(malformed)?;
             (Curve::P521, secret(&mut key.to_bytes()), PublicKey::P521(key.public_key()))
         }
-        other => return Err(KeyFileError::Unsupported(format!("EC curve {other}"))),
+        _ => return Err(KeyFileError::Unsupported(format!("EC curve {curve_oid}"))),
     };
     Ok(PrivateKey::Ec { curve, scalar, public })
 }

@@ -4,8 +4,10 @@
 use crate::jwt::{Alg, Family};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use der::asn1::{ObjectIdentifier, OctetStringRef, PrintableStringRef};
+use der::{Decode, Encode};
 use rsa::traits::PublicKeyParts;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// A public key this agent can sign for.
@@ -37,24 +39,34 @@ pub enum Curve {
 }
 
 impl Curve {
-    /// The DER of the curve's OID, as `CKA_EC_PARAMS` holds it.
-    pub fn params(self) -> &'static [u8] {
+    /// The curve's OID.
+    pub fn oid(self) -> ObjectIdentifier {
         match self {
-            Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-            Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-            Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
-            Curve::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
+            Curve::P256 => ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7"),
+            Curve::P384 => ObjectIdentifier::new_unwrap("1.3.132.0.34"),
+            Curve::P521 => ObjectIdentifier::new_unwrap("1.3.132.0.35"),
+            Curve::Ed25519 => ObjectIdentifier::new_unwrap("1.3.101.112"),
         }
+    }
+
+    /// The curve an OID names.
+    pub fn from_oid(oid: ObjectIdentifier) -> Option<Curve> {
+        [Curve::P256, Curve::P384, Curve::P521, Curve::Ed25519].into_iter().find(|c| c.oid() == oid)
+    }
+
+    /// `CKA_EC_PARAMS`: the DER of the curve's OID.
+    pub fn params(self) -> Vec<u8> {
+        self.oid().to_der().expect("an OID always encodes")
     }
 
     /// The curve `CKA_EC_PARAMS` names: an OID, or for Ed25519 also the printable string
     /// `edwards25519` that PKCS#11 3.0 allows.
     pub fn from_params(params: &[u8]) -> Option<Curve> {
-        const EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
-        [Curve::P256, Curve::P384, Curve::P521, Curve::Ed25519]
-            .into_iter()
-            .find(|c| c.params() == params)
-            .or((params == EDWARDS25519).then_some(Curve::Ed25519))
+        if let Ok(oid) = ObjectIdentifier::from_der(params) {
+            return Curve::from_oid(oid);
+        }
+        let name = PrintableStringRef::from_der(params).ok()?;
+        (name.as_str() == "edwards25519").then_some(Curve::Ed25519)
     }
 
     /// The length of a field element (and of `r` and `s` in a JWS signature).
@@ -178,14 +190,14 @@ impl PublicKey {
             PublicKey::Rsa(k) => k.to_public_key_der(),
             PublicKey::Ed25519(k) => k.to_public_key_der(),
         };
-        // Encoding a valid key cannot fail.
-        der.map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+        der.map(|d| d.as_bytes().to_vec()).expect("a key that parsed encodes as SPKI")
     }
 
     /// The SPKI as PEM.
     pub fn to_pem(&self) -> String {
         let der = self.to_spki_der();
-        pem_rfc7468::encode_string("PUBLIC KEY", pem_rfc7468::LineEnding::LF, &der).unwrap_or_default()
+        pem_rfc7468::encode_string("PUBLIC KEY", pem_rfc7468::LineEnding::LF, &der)
+            .expect("a fixed label and any bytes encode as PEM")
     }
 
     /// `SHA256:` and the unpadded base64 SHA-256 of the SPKI DER, as ssh-keygen prints them.
@@ -197,29 +209,31 @@ impl PublicKey {
     /// RFC 7638 hashes them in.
     fn jwk_members(&self) -> Map<String, Value> {
         let b64 = |bytes: &[u8]| Value::from(URL_SAFE_NO_PAD.encode(bytes));
+        let members = |pairs: Vec<(&str, Value)>| -> Map<String, Value> {
+            pairs.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
+        };
         let ec = |crv: &str, point: &[u8], len: usize| {
-            let json =
-                json!({"crv": crv, "kty": "EC", "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..])});
-            json.as_object().cloned().unwrap_or_default()
+            let (x, y) = (b64(&point[1..1 + len]), b64(&point[1 + len..]));
+            members(vec![("crv", Value::from(crv)), ("kty", Value::from("EC")), ("x", x), ("y", y)])
         };
         match self {
             PublicKey::P256(k) => ec("P-256", &k.to_sec1_bytes(), 32),
             PublicKey::P384(k) => ec("P-384", &k.to_sec1_bytes(), 48),
             PublicKey::P521(k) => ec("P-521", &k.to_sec1_bytes(), 66),
             PublicKey::Rsa(k) => {
-                let json = json!({"e": b64(&k.e_bytes()), "kty": "RSA", "n": b64(&k.n_bytes())});
-                json.as_object().cloned().unwrap_or_default()
+                members(vec![("e", b64(&k.e_bytes())), ("kty", Value::from("RSA")), ("n", b64(&k.n_bytes()))])
             }
-            PublicKey::Ed25519(k) => {
-                let json = json!({"crv": "Ed25519", "kty": "OKP", "x": b64(k.as_bytes())});
-                json.as_object().cloned().unwrap_or_default()
-            }
+            PublicKey::Ed25519(k) => members(vec![
+                ("crv", Value::from("Ed25519")),
+                ("kty", Value::from("OKP")),
+                ("x", b64(k.as_bytes())),
+            ]),
         }
     }
 
     /// The RFC 7638 JWK thumbprint: base64url SHA-256 of the required members.
     pub fn thumbprint(&self) -> String {
-        let members = serde_json::to_vec(&self.jwk_members()).unwrap_or_default();
+        let members = serde_json::to_vec(&self.jwk_members()).expect("a map of strings serializes");
         URL_SAFE_NO_PAD.encode(Sha256::digest(members))
     }
 
@@ -284,18 +298,7 @@ fn verify_rsa(key: &rsa::PublicKey, alg: Alg, input: &[u8], signature: &[u8]) ->
 
 /// The content of a DER OCTET STRING that spans all of `der`.
 fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = der.split_first()?;
-    if tag != 0x04 {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, body) = match first {
-        n @ 0..=0x7f => (usize::from(n), rest),
-        0x81 => (usize::from(*rest.first()?), &rest[1..]),
-        0x82 => (usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])), rest.get(2..)?),
-        _ => return None,
-    };
-    (body.len() == len).then_some(body)
+    <&OctetStringRef>::from_der(der).ok().map(OctetStringRef::as_bytes)
 }
 
 #[cfg(test)]
@@ -334,7 +337,7 @@ mod tests {
     #[test]
     fn curves_from_params() {
         for curve in [Curve::P256, Curve::P384, Curve::P521, Curve::Ed25519] {
-            assert_eq!(Curve::from_params(curve.params()), Some(curve));
+            assert_eq!(Curve::from_params(&curve.params()), Some(curve));
         }
         assert_eq!(Curve::from_params(b"\x13\x0cedwards25519"), Some(Curve::Ed25519));
         assert_eq!(Curve::from_params(&[0x06, 0x03, 0x2b, 0x65, 0x71]), None);

@@ -198,11 +198,11 @@ fn import(
 ) -> Result<(), TokenError> {
     let (mut private, mut public) = match key {
         PrivateKey::Ec { curve, scalar, .. } => {
-            let (kt, params) = (key_type(*curve), curve.params().to_vec());
+            let (kt, params) = (key_type(*curve), curve.params());
             let mut private = private_template(label, id, kt);
             private.extend([Attribute::EcParams(params.clone()), Attribute::Value(scalar.to_vec())]);
             let mut public = public_template(label, id, kt);
-            public.extend([Attribute::EcParams(params), Attribute::EcPoint(ec_point(key.public()))]);
+            public.extend([Attribute::EcParams(params), Attribute::EcPoint(ec_point(key.public())?)]);
             (private, public)
         }
         PrivateKey::Rsa(parts) => {
@@ -264,21 +264,17 @@ fn zeroize_template(template: &mut [Attribute]) {
 }
 
 /// `CKA_EC_POINT`: the point as a DER OCTET STRING, as PKCS#11 specifies.
-fn ec_point(public: &PublicKey) -> Vec<u8> {
+fn ec_point(public: &PublicKey) -> Result<Vec<u8>, TokenError> {
+    use der::Encode;
     let raw: Vec<u8> = match public {
         PublicKey::P256(k) => k.to_sec1_bytes().into_vec(),
         PublicKey::P384(k) => k.to_sec1_bytes().into_vec(),
         PublicKey::P521(k) => k.to_sec1_bytes().into_vec(),
         PublicKey::Ed25519(k) => k.as_bytes().to_vec(),
-        PublicKey::Rsa(_) => Vec::new(),
+        PublicKey::Rsa(_) => return Err(TokenError::Other("an RSA key has no EC point".into())),
     };
-    let mut der = vec![0x04];
-    if raw.len() >= 0x80 {
-        der.push(0x81);
-    }
-    der.push(raw.len() as u8);
-    der.extend_from_slice(&raw);
-    der
+    let encoded = der::asn1::OctetString::new(raw).and_then(|point| point.to_der());
+    encoded.map_err(|e| TokenError::Other(format!("cannot encode the EC point: {e}")))
 }
 
 fn generate(
@@ -303,7 +299,7 @@ fn generate(
         Some(curve) => {
             let kt = key_type(curve);
             let mut public = public_template(label, id, kt);
-            public.push(Attribute::EcParams(curve.params().to_vec()));
+            public.push(Attribute::EcParams(curve.params()));
             let mechanism = if curve == Curve::Ed25519 {
                 Mechanism::EccEdwardsKeyPairGen
             } else {

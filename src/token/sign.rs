@@ -13,9 +13,9 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 pub struct Plan {
     /// The mechanism for `C_SignInit`.
     pub mechanism: Mechanism<'static>,
-    /// `None`: the token hashes (or EdDSA needs no hash). `Some`: hash on the host, and put
-    /// this DigestInfo prefix before the digest (empty for ECDSA and PSS).
-    pub prehash: Option<(Hash, &'static [u8])>,
+    /// `None`: the token hashes (or EdDSA needs no hash). `Some`: hash on the host, and (for
+    /// RSA PKCS#1) put the hash's DigestInfo before the digest.
+    pub prehash: Option<(Hash, DigestInfo)>,
     /// The length the signature must have.
     pub signature_len: usize,
 }
@@ -25,8 +25,9 @@ impl Plan {
     pub fn data(&self, input: &[u8]) -> Vec<u8> {
         match self.prehash {
             None => input.to_vec(),
-            Some((hash, prefix)) => {
-                let mut data = prefix.to_vec();
+            Some((hash, with)) => {
+                let mut data =
+                    if with == DigestInfo::Prefixed { digest_info(hash).into_vec() } else { Vec::new() };
                 data.extend_from_slice(&hash.digest(input));
                 data
             }
@@ -34,19 +35,25 @@ impl Plan {
     }
 }
 
-/// The DER DigestInfo prefixes of RFC 8017, section 9.2, note 1.
-const DIGEST_INFO_SHA256: &[u8] = &[
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
-    0x04, 0x20,
-];
-const DIGEST_INFO_SHA384: &[u8] = &[
-    0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00,
-    0x04, 0x30,
-];
-const DIGEST_INFO_SHA512: &[u8] = &[
-    0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00,
-    0x04, 0x40,
-];
+/// Whether a digest goes to the token bare (ECDSA, PSS) or inside a DigestInfo (PKCS#1 v1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestInfo {
+    /// The digest alone.
+    Bare,
+    /// The DigestInfo prefix, then the digest.
+    Prefixed,
+}
+
+/// The DER DigestInfo prefix of RFC 8017, section 9.2, for a hash, as the rsa crate builds it
+/// from the hash's OID.
+fn digest_info(hash: Hash) -> Box<[u8]> {
+    use rsa::pkcs1v15::Pkcs1v15Sign;
+    match hash {
+        Hash::Sha256 => Pkcs1v15Sign::new::<sha2::Sha256>().prefix,
+        Hash::Sha384 => Pkcs1v15Sign::new::<sha2::Sha384>().prefix,
+        Hash::Sha512 => Pkcs1v15Sign::new::<sha2::Sha512>().prefix,
+    }
+}
 
 /// Picks the mechanism for `alg` with `key`: the token's hashing mechanism when it offers one
 /// and the key allows it, else the raw mechanism over a digest made here.
@@ -58,7 +65,7 @@ pub fn plan(alg: Alg, key: &Key, offered: &[MechanismType]) -> Result<Plan, Toke
         KeyKind::Rsa { modulus_len } => modulus_len,
     };
     let hash = alg.hash();
-    let (hashing, raw, prefix): (Option<Mechanism<'static>>, Mechanism<'static>, &'static [u8]) = match alg
+    let (hashing, raw, prefix): (Option<Mechanism<'static>>, Mechanism<'static>, DigestInfo) = match alg
         .family()
     {
         Family::Ecdsa => {
@@ -67,12 +74,12 @@ pub fn plan(alg: Alg, key: &Key, offered: &[MechanismType]) -> Result<Plan, Toke
                 Some(Hash::Sha384) => Mechanism::EcdsaSha384,
                 _ => Mechanism::EcdsaSha512,
             };
-            (Some(hashing), Mechanism::Ecdsa, &[])
+            (Some(hashing), Mechanism::Ecdsa, DigestInfo::Bare)
         }
         Family::RsaPkcs1 => match hash {
-            Some(Hash::Sha256) => (Some(Mechanism::Sha256RsaPkcs), Mechanism::RsaPkcs, DIGEST_INFO_SHA256),
-            Some(Hash::Sha384) => (Some(Mechanism::Sha384RsaPkcs), Mechanism::RsaPkcs, DIGEST_INFO_SHA384),
-            _ => (Some(Mechanism::Sha512RsaPkcs), Mechanism::RsaPkcs, DIGEST_INFO_SHA512),
+            Some(Hash::Sha256) => (Some(Mechanism::Sha256RsaPkcs), Mechanism::RsaPkcs, DigestInfo::Prefixed),
+            Some(Hash::Sha384) => (Some(Mechanism::Sha384RsaPkcs), Mechanism::RsaPkcs, DigestInfo::Prefixed),
+            _ => (Some(Mechanism::Sha512RsaPkcs), Mechanism::RsaPkcs, DigestInfo::Prefixed),
         },
         Family::RsaPss => {
             let (params, hashing) = match hash {
@@ -89,9 +96,11 @@ pub fn plan(alg: Alg, key: &Key, offered: &[MechanismType]) -> Result<Plan, Toke
                     (params, Mechanism::Sha512RsaPkcsPss(params))
                 }
             };
-            (Some(hashing), Mechanism::RsaPkcsPss(params), &[])
+            (Some(hashing), Mechanism::RsaPkcsPss(params), DigestInfo::Bare)
         }
-        Family::EdDsa => (None, Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), &[]),
+        Family::EdDsa => {
+            (None, Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), DigestInfo::Bare)
+        }
     };
     if let Some(hashing) = hashing
         && usable(&hashing.mechanism_type())
@@ -148,7 +157,11 @@ mod tests {
         let plan = super::plan(Alg::Rs256, &rsa, &[MechanismType::RSA_PKCS]).unwrap();
         let data = plan.data(b"abc");
         assert_eq!(data.len(), 19 + 32);
-        assert_eq!(&data[..19], DIGEST_INFO_SHA256);
+        // RFC 8017, section 9.2, note 1: the DigestInfo of SHA-256.
+        assert_eq!(
+            &data[..19],
+            b"\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20"
+        );
     }
 
     #[test]
