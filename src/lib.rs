@@ -1,25 +1,45 @@
 //! jwt-agent: sign JSON Web Tokens with keys that never leave a PKCS#11 token.
 //!
-//! A daemon ([`daemon`]) holds one logged-in token ([`token`]) and answers signing requests on a
-//! Unix socket with newline-delimited JSON ([`protocol`]); [`Client`] is the other end of that
-//! socket, used by the CLI ([`cli`]) and by Rust programs. See `docs/architecture.md`.
+//! The binary is a daemon that holds one logged-in token and a CLI that talks to it over a Unix
+//! socket. This library is the other end of that socket for Rust programs: [`Client`] speaks the
+//! protocol whose types are in [`wire`], and [`verify`] checks a token against a [`PublicKey`]
+//! without an agent. `docs/architecture.md` maps the code.
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod files;
-pub mod jwt;
-pub mod key;
-pub mod log;
-pub mod memory;
-pub mod paths;
-pub mod pin;
-pub mod token;
+mod cli;
+mod client;
+mod config;
+mod daemon;
+mod files;
+mod jwt;
+mod key;
+mod log;
+mod memory;
+mod paths;
+mod pin;
+mod token;
 pub mod wire;
 
+pub use client::trust::Distrust;
 pub use client::{Client, ClientError};
+pub use jwt::verify::{Verified, VerifyError, verify};
+pub use jwt::{Alg, Ttl};
+pub use key::{KeyError, PublicKey};
 pub use wire::{ErrorCode, WireError};
+
+/// The command line, as `main` runs it.
+#[doc(hidden)]
+pub use cli::main;
+
+/// The global allocator of the binary: it zeroes each block it frees.
+#[doc(hidden)]
+pub use memory::ZeroOnFree;
+
+/// Entry points for the fuzz targets in `fuzz/`; not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::jwt::{encode_signing_input, parse_signing_input};
+    pub use crate::key::file::{parse_der, parse_pem};
+}

@@ -2,11 +2,11 @@
 //! valid, so that each case reaches its assertion: they round-trip; then each is mutated the
 //! ways a hostile or broken client would, and each mutation gets the answer it must.
 
-use jwt_agent::jwt::{Alg, Ttl};
 use jwt_agent::wire::{
     self, ErrorCode, GenerateRequest, Hex, ImportRequest, PresetName, PubkeyFormat, Request, SecretText,
     SignRequest,
 };
+use jwt_agent::{Alg, Ttl};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = jwt_agent::key::file::parse_pem(text);
+        let _ = jwt_agent::fuzzing::parse_pem(text);
     }
-    let _ = jwt_agent::key::file::parse_der(data);
+    let _ = jwt_agent::fuzzing::parse_der(data);
 });

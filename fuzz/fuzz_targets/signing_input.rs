@@ -2,7 +2,8 @@
 //! objects with a known `alg`, and never panics.
 #![no_main]
 
-use jwt_agent::jwt::{self as jose, Alg};
+use jwt_agent::Alg;
+use jwt_agent::fuzzing as jose;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {
