@@ -33,7 +33,6 @@ pub struct Config {
 pub struct Sink {
     /// The key, as `sign --key` takes it.
     pub key: String,
-    /// The file.
     pub path: PathBuf,
     /// A preset, as `sign --preset` takes it.
     pub preset: Option<PresetName>,

@@ -13,20 +13,10 @@ use std::path::{Path, PathBuf};
 pub enum Unsafe {
     /// It, or a folder above it, belongs to another uid.
     #[error("the folder {} belongs to uid {uid}", path.display())]
-    Owner {
-        /// The folder.
-        path: PathBuf,
-        /// Its owner.
-        uid: u32,
-    },
+    Owner { path: PathBuf, uid: u32 },
     /// Others may write to it, or to a folder above it that is not sticky.
     #[error("the folder {} is writable by others (mode {mode:04o})", path.display())]
-    Writable {
-        /// The folder.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
+    Writable { path: PathBuf, mode: u32 },
     /// It cannot be resolved or inspected, or is no folder.
     #[error("{0}")]
     Unusable(String),

@@ -15,19 +15,13 @@ pub const PIN_ENV: &str = "JWT_AGENT_PIN";
 pub enum PinError {
     /// The PIN file could not be read.
     #[error("cannot read the PIN file {path}: {source}")]
-    File {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
     /// No source of a PIN was given and there is no terminal to ask on.
     #[error("no PIN: give --pin-file FILE or set JWT_AGENT_PIN (there is no terminal to ask on)")]
     NoSource,
     /// Reading from the terminal or stdin failed.
     #[error("cannot read the PIN: {0}")]
     Read(std::io::Error),
-    /// The PIN is empty.
     #[error("the PIN is empty")]
     Empty,
 }

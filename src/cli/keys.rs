@@ -2,6 +2,7 @@
 
 use super::{Failure, SocketArgs, connect, print_line};
 use crate::cli::{EXIT_OTHER, EXIT_REFUSED, EXIT_USAGE};
+use crate::config::Config;
 use crate::jwt::Alg;
 use crate::jwt::preset::Presets;
 use crate::key::PublicKey;
@@ -80,9 +81,13 @@ pub struct VerifyArgs {
     /// Verify with this PEM public key file (no agent needed)
     #[arg(long, value_name = "FILE")]
     pubkey: Option<PathBuf>,
-    /// Also check the rules of a built-in preset
+    /// Also check the rules of a preset: built in, or a [presets.NAME] of the config
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
+    /// The config file whose [presets.NAME] `--preset` may name
+    /// [default: $XDG_CONFIG_HOME/jwt-agent/config.toml, if it exists]
+    #[arg(long, value_name = "FILE", requires = "preset")]
+    config: Option<PathBuf>,
 }
 
 /// `jwt-agent import FILE.p8`.
@@ -170,7 +175,14 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let key =
         PublicKey::from_pem(&pem).map_err(|e| Failure::new(EXIT_USAGE, format!("the public key: {e}")))?;
     let now = crate::jwt::now();
-    let presets = Presets::builtin();
+    let presets = match args.config.or_else(Config::default_path).filter(|_| args.preset.is_some()) {
+        Some(path) => {
+            let config = Config::load(&path).map_err(|e| Failure::new(EXIT_OTHER, e))?;
+            Presets::with(config.presets)
+                .map_err(|e| Failure::new(EXIT_OTHER, format!("{}: {e}", path.display())))?
+        }
+        None => Presets::builtin(),
+    };
     let preset = args.preset.as_deref().map(|name| presets.get(name)).transpose().map_err(Failure::usage)?;
     let verified = crate::jwt::verify::verify(&token, &key, now)
         .map_err(|e| Failure::new(EXIT_REFUSED, format!("the token is not valid: {e}")))?;

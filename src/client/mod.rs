@@ -70,8 +70,8 @@ pub struct Client {
 
 impl Client {
     /// Connects to the agent at `path`, after checking that the socket's folder and the process
-    /// listening on it are this user's own (or root's, or `$JWT_AGENT_UID`'s): see
-    /// [`trust`]. Nothing is sent to a socket that fails those checks.
+    /// listening on it are this user's own (or root's, or `$JWT_AGENT_UID`'s). Nothing is sent to
+    /// a socket that fails those checks; the error's [`Distrust`] says why.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
         let untrusted = |why| ClientError::Untrusted { path: path.to_path_buf(), why };

@@ -291,7 +291,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Whether the agent is locked.
     pub fn is_locked(&self) -> bool {
         self.pool.token().is_locked()
     }

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 /// Who sent a request, from `SO_PEERCRED` and `/proc`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Peer {
-    /// Its uid.
     pub uid: u32,
     /// Its pid, when the kernel says.
     pub pid: Option<i32>,
@@ -39,13 +38,9 @@ pub enum Outcome {
     Signed,
     /// A cached token was handed out.
     Cached,
-    /// A key was created.
     Created,
-    /// The agent was stopped.
     Stopped,
-    /// The agent was locked.
     Locked,
-    /// The agent was unlocked.
     Unlocked,
     /// The request was refused or failed.
     Refused,
@@ -62,37 +57,22 @@ pub struct Record {
     pub time: String,
     /// The op, when the request got that far.
     pub op: Option<&'static str>,
-    /// The peer's uid.
     pub uid: u32,
-    /// The peer's pid.
     pub pid: Option<i32>,
-    /// The peer's executable.
     pub exe: Option<String>,
-    /// The key asked for.
     pub key: Option<String>,
-    /// The preset.
     pub preset: Option<String>,
-    /// Header `alg`.
     pub alg: Option<Value>,
-    /// Header `kid`.
     pub kid: Option<Value>,
-    /// Claim `iss`.
     pub iss: Option<Value>,
-    /// Claim `sub`.
     pub sub: Option<Value>,
-    /// Claim `aud`.
     pub aud: Option<Value>,
-    /// Claim `iat`.
     pub iat: Option<Value>,
-    /// Claim `exp`.
     pub exp: Option<Value>,
     /// Hex SHA-256 of the JWS signing input.
     pub input_sha256: Option<String>,
-    /// What happened.
     pub outcome: Option<Outcome>,
-    /// The error code, when refused.
     pub code: Option<&'static str>,
-    /// Why, when refused.
     pub reason: Option<String>,
 }
 

@@ -34,7 +34,6 @@ pub struct Reader<R> {
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    /// A reader of `inner`.
     pub fn new(inner: R) -> Self {
         Reader { inner, buf: vec![0; CHUNK].into_boxed_slice(), start: 0, end: 0, line: Vec::new() }
     }

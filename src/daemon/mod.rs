@@ -32,11 +32,8 @@ use tokio::net::UnixListener;
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The PKCS#11 module.
     pub module: PathBuf,
-    /// The token's label.
     pub token: String,
-    /// A file holding the PIN.
     pub pin_file: Option<PathBuf>,
     /// Read the PIN from one line of stdin (how `start` passes a prompted PIN).
     pub pin_from_stdin: bool,

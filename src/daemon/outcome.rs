@@ -94,7 +94,6 @@ pub(super) enum Failed {
 }
 
 impl Failed {
-    /// A `bad_request` failure.
     pub fn bad_request(message: impl Into<String>) -> Failed {
         Failed::Wire(WireError::bad_request(message))
     }
@@ -112,7 +111,6 @@ impl Failed {
         }
     }
 
-    /// The answer's error.
     pub fn to_wire(&self) -> WireError {
         match self {
             Failed::Wire(e) => e.clone(),

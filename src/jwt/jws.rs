@@ -36,11 +36,8 @@ pub enum JoseError {
 /// A checked JWS signing input: two base64url segments of JSON objects with a known `alg`.
 #[derive(Debug, Clone)]
 pub struct SigningInput {
-    /// The header, decoded.
     pub header: Map<String, Value>,
-    /// The claims, decoded.
     pub claims: Map<String, Value>,
-    /// The header's `alg`.
     pub alg: Alg,
 }
 

@@ -28,24 +28,18 @@ pub struct KeyView<'a> {
 pub struct Ask<'a> {
     /// The preset asked for; without it, the key's default one, if any.
     pub preset: Option<&'a str>,
-    /// Header members to set.
     pub header: &'a Map<String, Value>,
-    /// Claims to set.
     pub claims: &'a Map<String, Value>,
-    /// The lifetime asked for.
     pub ttl: Option<Ttl>,
 }
 
 /// Signing input ready for the token, and what it is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Minted {
-    /// The algorithm to sign with.
     pub alg: Alg,
     /// `BASE64URL(header).BASE64URL(claims)`.
     pub input: String,
-    /// The header, as encoded.
     pub header: Map<String, Value>,
-    /// The claims, as encoded.
     pub claims: Map<String, Value>,
     /// `iat`, when it is a number of seconds.
     pub iat: Option<u64>,
@@ -68,10 +62,8 @@ pub enum MintError {
     /// The signing input or a header is not what the agent signs.
     #[error("{0}")]
     Input(#[from] JoseError),
-    /// A preset's rule.
     #[error("{0}")]
     Preset(#[from] PresetError),
-    /// The policy.
     #[error("{0}")]
     Policy(#[from] PolicyError),
     /// The request contradicts itself or names what does not exist.
@@ -80,9 +72,7 @@ pub enum MintError {
     /// The key cannot make signatures of the `alg` asked for.
     #[error("the key {key:?} signs {can}, not {asked}")]
     WrongAlg {
-        /// The key's label.
         key: String,
-        /// The `alg` asked for.
         asked: Alg,
         /// The algorithms the key signs.
         can: String,

@@ -52,7 +52,6 @@ impl Policy {
             || self.keys.values().any(|k| k.allowed_uids.as_ref().is_some_and(|uids| uids.contains(&uid)))
     }
 
-    /// The daemon's own uid.
     pub fn owner(&self) -> u32 {
         self.own_uid
     }

@@ -51,7 +51,7 @@ pub enum VerifyError {
 }
 
 /// Checks the token's signature with `key` for the header's `alg`, then `exp`, `nbf` and `iat`
-/// against `now` (seconds since 1970) with [`LEEWAY_SECS`].
+/// against `now` (seconds since 1970), allowing 60 s of clock skew.
 pub fn verify(token: &str, key: &PublicKey, now: u64) -> Result<Verified, VerifyError> {
     let mut parts = token.trim().split('.');
     let (Some(header), Some(payload), Some(signature), None) =

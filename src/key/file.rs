@@ -16,11 +16,9 @@ pub enum PrivateKey {
     /// An EC key: the curve and the private value `CKA_VALUE` holds (the big-endian scalar,
     /// or for Ed25519 the 32-byte seed).
     Ec {
-        /// The curve.
         curve: Curve,
         /// The private scalar or seed.
         scalar: Secret,
-        /// The public key.
         public: PublicKey,
     },
     /// An RSA key, with the CRT components PKCS#11 wants.
@@ -45,12 +43,10 @@ pub struct RsaParts {
     pub exponent_2: Secret,
     /// `q^-1 mod p`.
     pub coefficient: Secret,
-    /// The public key.
     pub public: PublicKey,
 }
 
 impl PrivateKey {
-    /// The public half.
     pub fn public(&self) -> &PublicKey {
         match self {
             PrivateKey::Ec { public, .. } => public,

@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 pub enum NewKey {
     /// A private key read from a file.
     Import {
-        /// The key.
         key: PrivateKey,
         /// `CKA_LABEL` of both objects.
         label: String,

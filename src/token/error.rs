@@ -10,45 +10,26 @@ use cryptoki::error::{Error as CkError, RvError};
 pub enum TokenError {
     /// The module could not be loaded.
     #[error("cannot load the PKCS#11 module {path}: {reason}")]
-    Module {
-        /// The module path.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    Module { path: String, reason: String },
     /// No token fits `--token`.
     #[error("no token matches {name:?} (tokens present: {})", list(seen))]
-    NoToken {
-        /// The `--token` value.
-        name: String,
-        /// The tokens present.
-        seen: Vec<String>,
-    },
+    NoToken { name: String, seen: Vec<String> },
     /// Several tokens fit.
     #[error("more than one token matches {name:?}")]
-    AmbiguousToken {
-        /// The `--token` value.
-        name: String,
-    },
+    AmbiguousToken { name: String },
     /// A token or key name that does not parse.
     #[error("{0}")]
     BadName(String),
     /// A key URI that names another token.
     #[error("{key:?} names a token other than the agent's token {token:?}")]
     OtherToken {
-        /// The key name.
         key: String,
         /// The agent's token label.
         token: String,
     },
     /// Neither the hashing nor the raw mechanism for the algorithm is usable.
     #[error("the token or the key {key:?} allows no mechanism for {alg}")]
-    NoMechanism {
-        /// The algorithm.
-        alg: Alg,
-        /// The key's label.
-        key: String,
-    },
+    NoMechanism { alg: Alg, key: String },
     /// A label or id already taken, when creating a key.
     #[error("{0}; nothing was created")]
     Exists(String),
@@ -61,7 +42,6 @@ pub enum TokenError {
         counters_sentence(counters)
     )]
     PinRejected {
-        /// The PKCS#11 return value.
         rv: RvError,
         /// The token's counters after the rejection.
         counters: PinCounters,
@@ -99,23 +79,10 @@ pub enum TokenError {
     UnsupportedKey(String),
     /// The header's `alg` is not what the key signs.
     #[error("the key {key:?} signs {can}, not {asked}")]
-    WrongAlg {
-        /// The key's label.
-        key: String,
-        /// The `alg` asked for.
-        asked: Alg,
-        /// The algorithms the key signs.
-        can: String,
-    },
+    WrongAlg { key: String, asked: Alg, can: String },
     /// The token returned a signature of the wrong size.
     #[error("the token returned a {len}-byte signature for {alg}; it is not used")]
-    BadSignature {
-        /// The algorithm.
-        alg: Alg,
-        /// The length returned.
-        len: usize,
-    },
-    /// A PKCS#11 call failed.
+    BadSignature { alg: Alg, len: usize },
     #[error("{}", pkcs11_sentence(*.0, *.1))]
     Pkcs11(RvError, Function),
     /// Another cryptoki failure (conversion, missing symbol).
@@ -124,7 +91,6 @@ pub enum TokenError {
     /// The session is not logged in (private objects are invisible).
     #[error("the token is not logged in")]
     NotLoggedIn,
-    /// The agent is locked.
     #[error("the agent is locked")]
     Locked,
     /// `unlock` when the agent is not locked.

@@ -31,7 +31,6 @@ pub enum KeyKind {
 pub struct Key {
     /// The private key object's handle, valid across this process's sessions.
     pub handle: ObjectHandle,
-    /// Its type.
     pub kind: KeyKind,
     /// `CKA_ALLOWED_MECHANISMS` (empty: any).
     pub allowed: Vec<MechanismType>,
@@ -39,7 +38,6 @@ pub struct Key {
     pub always_authenticate: bool,
     /// The public key, from the key's public object (or, for RSA, the private object itself).
     pub public: Option<PublicKey>,
-    /// The default algorithm.
     pub alg: Alg,
     /// Every algorithm it signs.
     pub algs: Vec<Alg>,

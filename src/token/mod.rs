@@ -12,7 +12,7 @@ pub mod uri;
 
 pub use create::NewKey;
 pub use error::TokenError;
-pub use keys::{Key, KeyKind};
+pub use keys::Key;
 
 use crate::jwt::Alg;
 use crate::wire::{KeyInfo, PinCounters, TokenStatus};
@@ -177,7 +177,6 @@ impl Token {
         Ok(())
     }
 
-    /// Whether the agent is locked.
     pub fn is_locked(&self) -> bool {
         self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }

@@ -48,12 +48,10 @@ impl Pool {
         Ok(Pool { token, jobs, workers })
     }
 
-    /// The number of sessions.
     pub fn size(&self) -> usize {
         self.workers.len()
     }
 
-    /// The token behind the pool.
     pub fn token(&self) -> &Arc<Token> {
         &self.token
     }

@@ -71,7 +71,6 @@ fn yes() -> bool {
 /// --bid) is required").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Required {
-    /// The claim.
     pub claim: String,
     /// What it holds, in a few words.
     pub what: Option<String>,
@@ -102,7 +101,6 @@ pub enum Rule {
     IdOfIssAndSub,
     /// A claim that, when present, is a list of strings (MusicKit's `origin`).
     StringList {
-        /// The claim.
         claim: &'static str,
         /// What its items are, for messages.
         items: &'static str,
@@ -113,7 +111,6 @@ pub enum Rule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{preset}: {rule}")]
 pub struct PresetError {
-    /// The preset.
     pub preset: String,
     /// The rule, as a sentence.
     pub rule: String,
@@ -348,7 +345,6 @@ impl Default for Presets {
 }
 
 impl Presets {
-    /// The built-in presets.
     pub fn builtin() -> Presets {
         let by_name = apple::presets().into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
         Presets { by_name }
@@ -376,7 +372,6 @@ impl Presets {
         Ok(presets)
     }
 
-    /// The preset named `name`.
     pub fn get(&self, name: &str) -> Result<&Arc<Preset>, String> {
         self.by_name.get(name).ok_or_else(|| format!("unknown preset {name:?} (presets: {})", self.names()))
     }
