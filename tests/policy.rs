@@ -139,6 +139,94 @@ allowed_aud = ["https://api.example.com"]
     }
 }
 
+const PARTNER: &str = r#"
+[presets.partner-api]
+alg = "ES256"
+typ = "JWT"
+claims = { aud = "https://partner.example/token" }
+required = ["iss", "sub"]
+forbidden = ["scope"]
+ttl = "10m"
+max_ttl = "15m"
+backdate = "30s"
+"#;
+
+#[test]
+fn a_config_defines_a_service_as_a_preset_of_its_own() {
+    let hsm = Hsm::new();
+    let path = config(&hsm, &format!("{PARTNER}\n[keys.{KEY}]\npresets = [\"partner-api\"]\n"));
+    let _agent = Agent::spawn(daemon_from_config(&hsm, &path), hsm.socket());
+    let sign = |extra: &[&str]| {
+        let mut command = hsm.cli();
+        command.args(["sign", "--key", KEY, "--preset", "partner-api", "--iss", "acme"]);
+        run(command.args(extra))
+    };
+
+    let before = now();
+    let (code, token, err) = sign(&["--sub", "ci"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let verified = verify_pyjwt(&token, &hsm.public_pem(KEY));
+    let (header, claims) = (&verified["header"], &verified["claims"]);
+    assert_eq!((header["alg"].as_str(), header["typ"].as_str()), (Some("ES256"), Some("JWT")));
+    assert!(header["kid"].is_string(), "{header}");
+    assert_eq!(claims["aud"], "https://partner.example/token");
+    assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some("acme"), Some("ci")));
+    let iat = claims["iat"].as_u64().unwrap();
+    assert!((before - 31..=now() - 29).contains(&iat), "iat {iat} is not backdated 30 s from {before}");
+    assert_eq!(claims["exp"].as_u64().unwrap() - iat, 600);
+    // Its tokens are cached like a built-in preset's.
+    assert_eq!(sign(&["--sub", "ci"]).1.trim(), token);
+
+    // Whatever the service would reject is refused before signing, with exit 4.
+    for (extra, want) in [
+        (&["--sub", "ci", "--ttl", "20m"][..], "partner-api"),
+        (&["--sub", "ci", "--scope", "GET /v1/apps"], "scope"),
+        (&["--sub", "ci", "--aud", "https://elsewhere.example"], "aud"),
+        (&[], "sub"),
+    ] {
+        let (code, out, err) = sign(extra);
+        assert_eq!(code, 4, "{extra:?}: {out}{err}");
+        assert!(out.is_empty() && err.contains(want), "{extra:?}: {err}");
+    }
+    // The key may only sign this preset's tokens, so sign-input meets its rules too.
+    let input =
+        signing_input(r#"{"alg":"ES256","typ":"JWT"}"#, &format!(r#"{{"iss":"acme","iat":{}}}"#, now()));
+    let (code, _, err) = run(hsm.cli().args(["sign-input", "--key", KEY, &input]));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("partner-api"), "{err}");
+
+    // verify --preset reads the same definition from the config, with no agent.
+    let pem = hsm.path("asc.pub.pem");
+    let verify = |preset: &str| {
+        let args =
+            ["verify", "--pubkey", pem.to_str().unwrap(), "--preset", preset, "--config", &path, &token];
+        run(hsm.cli().args(args))
+    };
+    assert_eq!(verify("partner-api").0, 0);
+    let (code, _, err) = verify("app-store-connect");
+    assert_eq!(code, 4, "{err}");
+}
+
+#[test]
+fn a_preset_definition_that_cannot_hold_stops_the_daemon_at_start() {
+    let hsm = Hsm::new();
+    for (extra, want) in [
+        ("[presets.apns]\nttl = \"10m\"", "built-in"),
+        ("[presets.Partner]\nttl = \"10m\"", "not a preset name"),
+        ("[presets.p]\ncolour = \"red\"", "unknown field `colour`"),
+        ("[presets.p]\nttl = \"1h\"\nmax_ttl = \"10m\"", "longer than max_ttl"),
+        ("[presets.p]\nalg = \"HS256\"", "HS256"),
+        ("[keys.asc]\npreset = \"partner-api\"", "unknown preset"),
+    ] {
+        let path = config(&hsm, extra);
+        let (code, _, err) = run(&mut daemon_from_config(&hsm, &path));
+        assert_eq!(code, 1, "{extra}: {err}");
+        assert!(err.contains(want), "{extra}: {err}");
+        assert!(!hsm.socket().exists());
+    }
+}
+
 #[test]
 fn every_decision_is_one_audit_line() {
     let hsm = Hsm::new();
