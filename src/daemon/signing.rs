@@ -5,7 +5,8 @@ use super::agent::Agent;
 use super::audit::{Outcome, Peer, Record};
 use super::cache::{Entry, TokenCache};
 use super::outcome::{Done, Failed, Reply, Signed, Times, Use};
-use crate::jwt::mint::{self, Ask, MintError, Minted};
+use crate::jwt::mint::{self, Ask, KeyView, MintError, Minted};
+use crate::jwt::policy::Policy;
 use crate::jwt::{self, preset};
 use crate::token::uri::redact;
 use crate::wire::{SignInputResult, SignRequest, SignResult};
@@ -20,19 +21,11 @@ impl Agent {
     ) -> Result<Done, Failed> {
         record.key = Some(redact(&key).into_owned());
         self.check_unlocked()?;
-        let (policy, uid) = (self.policy.clone(), peer.uid);
         let (minted, token, label) = self
-            .on_token(move |token, session| {
-                let key = token.key(session, &key)?;
-                let minted = match mint::admit(input.clone(), &key.view(), &policy, uid, jwt::now()) {
-                    Ok(minted) => minted,
-                    Err(refused) => return Ok(Err(refused)),
-                };
-                let signature = token.sign(session, &key, minted.alg, minted.input.as_bytes())?;
-                let token = jwt::compact(&minted.input, &signature);
-                Ok(Ok((minted, token, key.info.label.clone())))
+            .mint_and_sign(key, peer.uid, move |key, policy, uid, now| {
+                mint::admit(input.clone(), key, policy, uid, now)
             })
-            .await??;
+            .await?;
         note(record, &minted);
         Ok(Done {
             reply: Reply::SignInput(SignInputResult { token }),
@@ -63,25 +56,17 @@ impl Agent {
             return self.serve_cached(entry, peer, record, now);
         }
 
-        let (policy, uid) = (self.policy.clone(), peer.uid);
         let (minted, token, label) = self
-            .on_token(move |token, session| {
-                let key = token.key(session, &key)?;
+            .mint_and_sign(key, peer.uid, move |key, policy, uid, now| {
                 let ask = Ask {
                     preset: preset.as_ref().map(|p| p.as_str()),
                     header: &header,
                     claims: &claims,
                     ttl,
                 };
-                let minted = match mint::mint(ask, &key.view(), &policy, uid, jwt::now()) {
-                    Ok(minted) => minted,
-                    Err(refused) => return Ok(Err(refused)),
-                };
-                let signature = token.sign(session, &key, minted.alg, minted.input.as_bytes())?;
-                let token = jwt::compact(&minted.input, &signature);
-                Ok(Ok((minted, token, key.info.label.clone())))
+                mint::mint(ask, key, policy, uid, now)
             })
-            .await??;
+            .await?;
         note(record, &minted);
         let times = times(&minted);
         if let Some(cache_key) = cache_key.filter(|_| minted.cacheable()) {
@@ -102,6 +87,33 @@ impl Agent {
             audit: Some(Outcome::Signed),
             signed: Some(Use { label, cached: false }),
         })
+    }
+
+    /// The one worker job of both signing ops: find the key, mint, sign. Returns what was
+    /// minted, the compact token and the key's label.
+    async fn mint_and_sign<M>(
+        &self,
+        key: String,
+        uid: u32,
+        mint: M,
+    ) -> Result<(Minted, String, String), Failed>
+    where
+        M: Fn(&KeyView, &Policy, u32, u64) -> Result<Minted, MintError> + Send + 'static,
+    {
+        let policy = self.policy.clone();
+        let signed = self
+            .on_token(move |token, session| {
+                let key = token.key(session, &key)?;
+                let minted = match mint(&key.view(), &policy, uid, jwt::now()) {
+                    Ok(minted) => minted,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let signature = token.sign(session, &key, minted.alg, minted.input.as_bytes())?;
+                let token = jwt::compact(&minted.input, &signature);
+                Ok(Ok((minted, token, key.info.label.clone())))
+            })
+            .await?;
+        Ok(signed?)
     }
 
     /// A cache hit. The cache is shared, so the asking uid is checked against the key's policy
