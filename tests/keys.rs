@@ -99,8 +99,12 @@ fn every_algorithm_signs_tokens_that_pyjwt_verifies_with_pem_and_jwk() {
         ("ES256", "gen-es256", &["ES256"][..]),
         ("ES384", "gen-es384", &["ES384"]),
         ("ES512", "gen-es512", &["ES512"]),
-        ("RS256", "gen-rs256", &["RS256", "PS512"]),
-        ("PS256", "gen-ps256", &["PS256", "PS384"]),
+        ("RS256", "gen-rs256", &["RS256"]),
+        ("RS384", "gen-rs384", &["RS384"]),
+        ("RS512", "gen-rs512", &["RS512"]),
+        ("PS256", "gen-ps256", &["PS256"]),
+        ("PS384", "gen-ps384", &["PS384"]),
+        ("PS512", "gen-ps512", &["PS512"]),
         ("EdDSA", "gen-eddsa", &["EdDSA"]),
     ];
     let generated: Vec<_> = generated.into_iter().filter(|(alg, ..)| eddsa || *alg != "EdDSA").collect();
@@ -116,6 +120,9 @@ fn every_algorithm_signs_tokens_that_pyjwt_verifies_with_pem_and_jwk() {
         let (_, jwk, _) = run(hsm.cli().args(["pubkey", label, "--format", "jwk"]));
         let jwk_value: Value = serde_json::from_str(&jwk).unwrap();
         assert_eq!(jwk_value["use"], "sig");
+        // The JWK names the key's alg when it signs with one only: not the imported RSA key.
+        let one_alg = if algs.len() == 1 { Value::from(algs[0]) } else { Value::Null };
+        assert_eq!(jwk_value["alg"], one_alg, "{label}");
         for alg in algs.iter() {
             let (code, token, err) =
                 run(hsm.cli().args(["sign", "--key", label, "--alg", alg, "--iss", label, "--ttl", "5m"]));
@@ -134,6 +141,17 @@ fn every_algorithm_signs_tokens_that_pyjwt_verifies_with_pem_and_jwk() {
     assert_eq!(alg_of("p521"), "ES512");
     assert_eq!(alg_of("rsa"), "RS256");
     assert_eq!(alg_of("gen-ps256"), "PS256");
+    // A key generated for one alg is bound to it: keys shows it, a plain sign uses it, and no
+    // other is signed with it.
+    for (alg, label, _) in generated.iter().copied() {
+        assert_eq!(alg_of(label), alg);
+        let (code, token, err) = run(hsm.cli().args(["sign", "--key", label]));
+        assert_eq!(code, 0, "{label}: {err}");
+        assert_eq!(decode(token.trim()).0["alg"], alg, "{label}");
+    }
+    let (code, _, err) = run(hsm.cli().args(["sign", "--key", "gen-ps384", "--alg", "PS256"]));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("signs PS384"), "{err}");
     if eddsa {
         assert_eq!(alg_of("gen-eddsa"), "EdDSA");
     }
@@ -329,6 +347,11 @@ fn keys_are_chosen_by_label_or_pkcs11_uri() {
         "pkcs11:object=asc;type=private".to_owned(),
         "pkcs11:id=%01".to_owned(),
         format!("pkcs11:token={TOKEN_LABEL};object=asc"),
+        // As p11-kit reads URIs: the scheme in any case, whitespace ignored, the module's
+        // attributes matched against the module.
+        "PKCS11:object=asc".to_owned(),
+        "pkcs11: object=asc ;\n type=private".to_owned(),
+        format!("pkcs11:library-manufacturer={};object=asc", library_manufacturer(&hsm).replace(' ', "%20")),
     ] {
         let (code, token, err) = run(hsm.cli().args(["sign", "--key", &key]));
         assert_eq!(code, 0, "{key}: {err}");
@@ -340,11 +363,28 @@ fn keys_are_chosen_by_label_or_pkcs11_uri() {
         ("pkcs11:object=nope", 5),
         ("pkcs11:id=%02", 5),
         ("pkcs11:object=asc?pin-value=123456", 4),
+        ("pkcs11:object=asc;pin-value=123456", 4),
+        // What the agent does not know matches nothing, so nothing is signed.
+        ("pkcs11:object=asc;x-foo=bar", 5),
+        ("pkcs11:object=asc;vendor-aaa=1", 5),
+        ("pkcs11:object=asc;library-manufacturer=Nobody", 5),
+        ("pkcs11:object=asc;slot-description=elsewhere", 5),
+        // A module chosen in the URI is refused: the agent signs with the one it loaded.
+        ("pkcs11:object=asc?module-path=/usr/lib/other.so", 4),
     ] {
-        let (got, _, err) = run(hsm.cli().args(["sign", "--key", key]));
+        let (got, out, err) = run(hsm.cli().args(["sign", "--key", key]));
         assert_eq!(got, code, "{key}: {err}");
-        assert!(!err.contains("123456"), "{err}");
+        assert!(out.is_empty() && !err.contains("123456"), "{err}");
     }
+    let (_, _, err) = run(hsm.cli().args(["sign", "--key", "pkcs11:object=asc;x-foo=bar"]));
+    assert!(err.contains("\"x-foo\"") && err.contains("matches nothing"), "{err}");
+}
+
+/// The module's manufacturer, as `pkcs11-tool -I` reads it.
+fn library_manufacturer(hsm: &Hsm) -> String {
+    let info = hsm.pkcs11_tool(&["-I"]);
+    let line = info.lines().find_map(|l| l.strip_prefix("Manufacturer")).expect("pkcs11-tool -I names it");
+    line.trim().to_owned()
 }
 
 #[test]
@@ -395,4 +435,55 @@ fn always_authenticate_keys_get_a_context_login_per_signature() {
     let logins = calls.lines().filter(|l| l.contains("C_Login")).count();
     assert_eq!(logins, 4, "C_Login was called {logins} times");
     assert_eq!(calls.matches("CKU_CONTEXT_SPECIFIC").count(), 3);
+}
+
+#[test]
+fn keys_other_tools_make_while_the_agent_runs_are_found_even_under_one_label() {
+    let hsm = Hsm::new();
+    let _agent = hsm.agent();
+    let keys = || -> Vec<Value> { serde_json::from_str(&run(hsm.cli().args(["keys", "--json"])).1).unwrap() };
+    assert_eq!(keys().len(), 1);
+    // Another tool makes two keys with one label while the agent runs.
+    for id in ["0a", "0b"] {
+        let args = ["--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "dup"];
+        hsm.pkcs11_tool(&[&args[..], &["--id", id]].concat());
+    }
+    let listed = keys();
+    let dups: Vec<&Value> = listed.iter().filter(|k| k["label"] == "dup").collect();
+    assert_eq!(dups.len(), 2, "{listed:?}");
+    // Each gets a kid of its own (its thumbprint), and the JWKS publishes both.
+    assert_ne!(dups[0]["kid"], dups[1]["kid"]);
+    assert_ne!(dups[0]["kid"], "dup");
+    let (code, jwks, err) = run(hsm.cli().args(["pubkey", "--format", "jwks"]));
+    assert_eq!(code, 0, "{err}");
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    let kids: Vec<&Value> = jwks["keys"].as_array().unwrap().iter().map(|k| &k["kid"]).collect();
+    assert_eq!(kids.len(), 3);
+    assert!(kids.contains(&&dups[0]["kid"]) && kids.contains(&&dups[1]["kid"]), "{jwks}");
+
+    // The label alone is ambiguous and says how to name one; the URI with the id signs, and the
+    // token carries that key's kid, so a verifier picks the right key out of the JWKS.
+    let (code, _, err) = run(hsm.cli().args(["sign", "--key", "dup"]));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("more than one private key") && err.contains("id=%"), "{err}");
+    let uri = "pkcs11:object=dup;id=%0b";
+    let (code, token, err) = run(hsm.cli().args(["sign", "--key", uri, "--iss", "x"]));
+    assert_eq!(code, 0, "{err}");
+    let b = dups.iter().find(|k| k["id"] == "0b").unwrap();
+    assert_eq!(decode(token.trim()).0["kid"], b["kid"]);
+    let (_, pem, _) = run(hsm.cli().args(["pubkey", uri]));
+    verify_p256(token.trim(), &pem);
+}
+
+#[test]
+fn a_plain_token_carries_the_kid_keys_shows_and_a_kid_may_start_with_a_dash() {
+    let hsm = Hsm::new();
+    let _agent = hsm.agent();
+    let listed: Vec<Value> = serde_json::from_str(&run(hsm.cli().args(["keys", "--json"])).1).unwrap();
+    let (code, token, err) = run(hsm.cli().args(["sign", "--key", KEY]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(decode(token.trim()).0["kid"], listed[0]["kid"]);
+    let (code, token, err) = run(hsm.cli().args(["sign", "--key", KEY, "--kid", "-abc"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(decode(token.trim()).0["kid"], "-abc");
 }

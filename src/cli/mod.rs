@@ -158,20 +158,20 @@ struct SignArgs {
     /// JWS algorithm [default: the key's]
     #[arg(long, value_name = "ALG")]
     alg: Option<String>,
-    /// Header `kid`
-    #[arg(long, value_name = "KID")]
+    /// Header `kid` (values may start with `-`, as kids and ids do)
+    #[arg(long, value_name = "KID", allow_hyphen_values = true)]
     kid: Option<String>,
     /// Claim `iss`
-    #[arg(long, value_name = "ISS")]
+    #[arg(long, value_name = "ISS", allow_hyphen_values = true)]
     iss: Option<String>,
     /// Claim `sub`
-    #[arg(long, value_name = "SUB")]
+    #[arg(long, value_name = "SUB", allow_hyphen_values = true)]
     sub: Option<String>,
     /// Claim `aud` (repeat for several)
-    #[arg(long, value_name = "AUD")]
+    #[arg(long, value_name = "AUD", allow_hyphen_values = true)]
     aud: Vec<String>,
     /// Claim `bid`: the app's bundle ID (App Store Server API)
-    #[arg(long, value_name = "BUNDLE_ID")]
+    #[arg(long, value_name = "BUNDLE_ID", allow_hyphen_values = true)]
     bid: Option<String>,
     /// Claim `scope`: one App Store Connect request, such as "GET /v1/apps" (repeatable)
     #[arg(long, value_name = "S")]

@@ -6,6 +6,7 @@ use super::outcome::{Done, Failed, Reply};
 use crate::jwt::Alg;
 use crate::token::NewKey;
 use crate::token::TokenError;
+use crate::token::uri::key_uri_hex;
 use crate::wire::{
     CacheStatus, Counters, GenerateRequest, ImportRequest, KeyResult, KeysResult, PoolStatus, PubkeyFormat,
     PubkeyResult, StatusResult,
@@ -42,7 +43,8 @@ impl Agent {
                         .list_keys(session)?
                         .into_iter()
                         .filter(|k| k.alg.is_some() && policy.may_use(&k.label, uid))
-                        .map(|k| k.label)
+                        // By label and id: another tool may have given two keys one label.
+                        .map(|k| key_uri_hex(&k.label, &k.id))
                         .collect()
                 } else {
                     names.clone()
@@ -51,7 +53,7 @@ impl Agent {
                 for name in &names {
                     let key = token.key(session, name)?;
                     let public = key.public.as_ref().ok_or_else(|| TokenError::NoPublicKey(name.clone()))?;
-                    let jwk = public.jwk(key.info.kid.as_deref(), key.alg);
+                    let jwk = public.jwk(key.info.kid.as_deref(), key.jwk_alg());
                     keys.push((key.info.label.clone(), public.to_pem(), jwk));
                 }
                 Ok(keys)

@@ -121,7 +121,9 @@ impl Failed {
 
 fn token_code(e: &TokenError) -> ErrorCode {
     match e {
-        TokenError::NoKey(_) | TokenError::OtherToken { .. } => ErrorCode::UnknownKey,
+        TokenError::NoKey(_) | TokenError::OtherToken { .. } | TokenError::UnknownAttribute { .. } => {
+            ErrorCode::UnknownKey
+        }
         TokenError::Exists(_) => ErrorCode::Exists,
         TokenError::Locked | TokenError::UnlockTooSoon { .. } | TokenError::FinalTry { .. } => {
             ErrorCode::Locked

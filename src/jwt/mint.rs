@@ -107,7 +107,13 @@ pub fn mint(ask: Ask, key: &KeyView, policy: &Policy, uid: u32, now: u64) -> Res
     }
     match &preset {
         Some(preset) => preset.fill(&mut header, &mut claims, ask.ttl, key.kid, now)?,
-        None => plain(&mut header, &mut claims, ask.ttl, now)?,
+        None => {
+            // The kid `keys` shows and the JWKS publishes, so verifiers can find the key.
+            if let Some(kid) = key.kid {
+                header.entry("kid").or_insert_with(|| Value::from(kid));
+            }
+            plain(&mut header, &mut claims, ask.ttl, now)?
+        }
     }
     let alg = match header.get("alg") {
         None => key.alg,
@@ -215,7 +221,10 @@ mod tests {
         let (header, claims) = (Map::new(), object(json!({"iss": "x"})));
         let minted =
             mint(Ask { ttl: ttl(90), ..ask(&header, &claims) }, &key("k"), &policy(""), 0, NOW).unwrap();
-        assert_eq!(Value::Object(minted.header.clone()), json!({"typ": "JWT", "alg": "ES256"}));
+        assert_eq!(
+            Value::Object(minted.header.clone()),
+            json!({"typ": "JWT", "alg": "ES256", "kid": "KID1"})
+        );
         assert_eq!((minted.iat, minted.exp), (Some(NOW), Some(NOW + 90)));
         assert_eq!(minted.input, jws::encode_signing_input(&minted.header, &minted.claims));
         assert!(minted.cacheable() && minted.preset.is_none());

@@ -237,13 +237,15 @@ impl PublicKey {
         URL_SAFE_NO_PAD.encode(Sha256::digest(members))
     }
 
-    /// The JWK, with `kid`, `alg` and `use: sig`.
-    pub fn jwk(&self, kid: Option<&str>, alg: Alg) -> Value {
+    /// The JWK, with `kid`, `alg` (for a key that signs with one only) and `use: sig`.
+    pub fn jwk(&self, kid: Option<&str>, alg: Option<Alg>) -> Value {
         let mut jwk = self.jwk_members();
         if let Some(kid) = kid {
             jwk.insert("kid".into(), Value::from(kid));
         }
-        jwk.insert("alg".into(), Value::from(alg.name()));
+        if let Some(alg) = alg {
+            jwk.insert("alg".into(), Value::from(alg.name()));
+        }
         jwk.insert("use".into(), Value::from("sig"));
         Value::Object(jwk)
     }

@@ -3,7 +3,7 @@
 //! signing only; a failure part-way destroys what was created.
 
 use super::TokenError;
-use super::keys::{self, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
+use super::keys::{self, ALG_APPLICATION, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
 use crate::jwt::{Alg, Family};
 use crate::key::file::PrivateKey;
 use crate::key::{Curve, PublicKey};
@@ -96,12 +96,22 @@ pub fn create(session: &Session, new: &NewKey, offered: &[MechanismType]) -> Res
     let result = match new {
         NewKey::Import { key, kid, .. } => import(session, key, label, &id, &mut created).and_then(|()| {
             match kid.as_deref().filter(|kid| kid != label) {
-                Some(kid) => store_kid(session, label, kid, &mut created),
+                Some(kid) => store(session, KID_APPLICATION, label, kid, &mut created),
                 None => Ok(()),
             }
         }),
-        NewKey::Generate { alg, bits, .. } => generate(session, *alg, *bits, label, &id, &mut created)
-            .and_then(|public| store_kid(session, label, &public.thumbprint(), &mut created)),
+        NewKey::Generate { alg, bits, .. } => {
+            generate(session, *alg, *bits, label, &id, &mut created).and_then(|public| {
+                store(session, KID_APPLICATION, label, &public.thumbprint(), &mut created)?;
+                // An RSA key could sign six algs; it signs the one it was made for.
+                match alg.family() {
+                    Family::RsaPkcs1 | Family::RsaPss => {
+                        store(session, ALG_APPLICATION, label, alg.name(), &mut created)
+                    }
+                    Family::Ecdsa | Family::EdDsa => Ok(()),
+                }
+            })
+        }
     };
     if let Err(e) = result {
         for object in created.into_iter().rev() {
@@ -363,19 +373,21 @@ fn read_public(
     public.map_err(|e| TokenError::Other(format!("the generated public key: {e}")))
 }
 
-fn store_kid(
+/// A data object that says `value` of the key labelled `label`, for `application`.
+fn store(
     session: &Session,
+    application: &[u8],
     label: &str,
-    kid: &str,
+    value: &str,
     created: &mut Vec<ObjectHandle>,
 ) -> Result<(), TokenError> {
     let template = [
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(true),
         Attribute::Private(false),
-        Attribute::Application(KID_APPLICATION.to_vec()),
+        Attribute::Application(application.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Value(kid.as_bytes().to_vec()),
+        Attribute::Value(value.as_bytes().to_vec()),
     ];
     created.push(session.create_object(&template)?);
     Ok(())

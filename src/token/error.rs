@@ -27,6 +27,9 @@ pub enum TokenError {
         /// The agent's token label.
         token: String,
     },
+    /// A URI with an attribute the agent does not know, which matches nothing (as in p11-kit).
+    #[error("{key:?} has the attribute {attribute:?}, which this agent does not know, so it matches nothing")]
+    UnknownAttribute { key: String, attribute: String },
     /// Neither the hashing nor the raw mechanism for the algorithm is usable.
     #[error("the token or the key {key:?} allows no mechanism for {alg}")]
     NoMechanism { alg: Alg, key: String },
@@ -67,7 +70,9 @@ pub enum TokenError {
     #[error("no private key {0:?} on the token")]
     NoKey(String),
     /// Several private keys carry the label.
-    #[error("more than one private key is labelled {0:?}")]
+    #[error(
+        "more than one private key is labelled {0:?}; name one by its id too: pkcs11:object=LABEL;id=%XX, with the id `keys` lists"
+    )]
     AmbiguousKey(String),
     /// The key has no public key object to read.
     #[error("the token holds no public key for {0:?}")]
@@ -165,7 +170,18 @@ fn counters_sentence(c: &PinCounters) -> &'static str {
 }
 
 fn pkcs11_sentence(rv: RvError, function: Function) -> String {
+    let creating = matches!(function, Function::GenerateKeyPair | Function::CreateObject);
     let what = match rv {
+        RvError::GeneralError
+        | RvError::FunctionFailed
+        | RvError::AttributeValueInvalid
+        | RvError::AttributeTypeInvalid
+        | RvError::TemplateInconsistent
+        | RvError::TemplateIncomplete
+            if creating =>
+        {
+            "the token would not create the key as the agent makes every key (sensitive, never extractable, for signing only); the token's own log may say which attribute it refused"
+        }
         RvError::DeviceRemoved | RvError::TokenNotPresent => {
             "the token is not there: plug it back in or restart its connector; the agent logs in again on the next request"
         }

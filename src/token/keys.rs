@@ -13,6 +13,9 @@ use cryptoki::session::Session;
 
 /// `CKA_APPLICATION` of the data object that holds a key's `kid` when it is not its label.
 pub const KID_APPLICATION: &[u8] = b"jwt-agent kid";
+/// `CKA_APPLICATION` of the data object that binds an RSA key to the one algorithm it was
+/// generated for.
+pub const ALG_APPLICATION: &[u8] = b"jwt-agent alg";
 
 /// What kind of key, as far as signing goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,14 @@ impl Key {
     /// What minting needs to know of the key.
     pub fn view(&self) -> KeyView<'_> {
         KeyView { label: &self.info.label, kid: self.info.kid.as_deref(), alg: self.alg, algs: &self.algs }
+    }
+
+    /// The algorithm its JWK names: the key's one algorithm, if it has one.
+    pub fn jwk_alg(&self) -> Option<Alg> {
+        match self.algs.as_slice() {
+            [alg] => Some(*alg),
+            _ => None,
+        }
     }
 
     /// Every algorithm this key signs, for messages.
@@ -188,7 +199,16 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
         }
         _ => return Ok(None),
     };
-    let kid = stored_kid(session, &a.label)?.unwrap_or_else(|| a.label.clone());
+    let kid = match stored(session, KID_APPLICATION, &a.label)? {
+        Some(kid) => kid,
+        // Keys that another tool gave one label need kids of their own: their thumbprints.
+        None if shares_label(session, &a.label)? => match &public {
+            Some(public) => public.thumbprint(),
+            None => format!("{}-{}", a.label, hex(&a.id)),
+        },
+        None => a.label.clone(),
+    };
+    let bound = stored(session, ALG_APPLICATION, &a.label)?.and_then(|name| Alg::from_name(&name));
     let mut key = Key {
         handle,
         kind,
@@ -201,6 +221,10 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
     };
     key.algs = Alg::ALL.into_iter().filter(|alg| key.signs(*alg)).collect();
     key.alg = default_alg(&key);
+    if let Some(alg) = bound.filter(|alg| key.algs.contains(alg)) {
+        key.algs = vec![alg];
+        key.alg = alg;
+    }
     key.info.alg = Some(key.alg.name().to_owned());
     key.info.fingerprint = key.public.as_ref().map(PublicKey::fingerprint);
     Ok(Some(key))
@@ -246,11 +270,16 @@ fn public_point(session: &Session, id: &[u8], label: &str) -> Result<Option<Vec<
     Ok(point)
 }
 
-/// The `kid` stored for the key labelled `label`, if one was stored.
-fn stored_kid(session: &Session, label: &str) -> Result<Option<String>, TokenError> {
+fn shares_label(session: &Session, label: &str) -> Result<bool, TokenError> {
+    let template = [Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.as_bytes().to_vec())];
+    Ok(session.find_objects(&template)?.len() > 1)
+}
+
+/// The value of the data object `application` stored for the key labelled `label`, if any.
+fn stored(session: &Session, application: &[u8], label: &str) -> Result<Option<String>, TokenError> {
     let template = [
         Attribute::Class(ObjectClass::DATA),
-        Attribute::Application(KID_APPLICATION.to_vec()),
+        Attribute::Application(application.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ];
     let Some(&object) = session.find_objects(&template)?.first() else {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use uri::Selector;
+use uri::{Identity, Selector, token_text};
 
 /// How long after a rejected `unlock` no other PIN is tried.
 pub const UNLOCK_BACKOFF: Duration = Duration::from_secs(30);
@@ -55,15 +55,6 @@ pub struct Token {
     raw: OnceLock<Result<raw::RawSign, String>>,
     /// The token's identity, to check key URIs that name a token against it.
     identity: Identity,
-}
-
-/// What identifies the token a key URI may name.
-struct Identity {
-    slot_id: u64,
-    label: String,
-    manufacturer: String,
-    model: String,
-    serial: String,
 }
 
 impl Token {
@@ -220,7 +211,7 @@ impl Token {
     pub fn status(&self, session: Option<&Session>) -> TokenStatus {
         let info = self.ctx.get_token_info(self.slot);
         let field = |f: fn(&cryptoki::slot::TokenInfo) -> &str| {
-            info.as_ref().map(|i| f(i).trim().to_owned()).unwrap_or_default()
+            info.as_ref().map(|i| token_text(f(i))).unwrap_or_default()
         };
         let state = match (&info, session.map(Session::get_session_info)) {
             (Err(e), _) => format!("unreachable: {e}"),
@@ -249,11 +240,13 @@ impl Token {
             return Ok(key.clone());
         }
         let selector = Selector::key(name).map_err(TokenError::BadName)?;
-        let i = &self.identity;
-        if selector.names_token()
-            && !selector.fits_token(i.slot_id, &i.label, &i.manufacturer, &i.model, &i.serial)
-        {
-            return Err(TokenError::OtherToken { key: name.to_owned(), token: i.label.clone() });
+        if selector.names_token() && !selector.fits(&self.identity) {
+            return Err(match &selector.unknown {
+                Some(attribute) => {
+                    TokenError::UnknownAttribute { key: name.to_owned(), attribute: attribute.clone() }
+                }
+                None => TokenError::OtherToken { key: name.to_owned(), token: self.identity.label.clone() },
+            });
         }
         let key = Arc::new(keys::find(session, &selector, name)?);
         let mut cache = self.keys.write().unwrap_or_else(|e| e.into_inner());
@@ -329,20 +322,36 @@ impl Token {
 }
 
 fn find_slot(ctx: &Pkcs11, selector: &Selector, name: &str) -> Result<(Slot, Identity), TokenError> {
+    if let Some(attribute) = &selector.unknown {
+        return Err(TokenError::UnknownAttribute { key: name.to_owned(), attribute: attribute.clone() });
+    }
+    let library = ctx.get_library_info()?;
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for slot in ctx.get_slots_with_token()? {
         let Ok(info) = ctx.get_token_info(slot) else { continue };
+        let slot_info = ctx.get_slot_info(slot).ok();
+        let version = library.library_version();
         let identity = Identity {
             slot_id: slot.id(),
-            label: info.label().trim_end().to_owned(),
-            manufacturer: info.manufacturer_id().trim_end().to_owned(),
-            model: info.model().trim_end().to_owned(),
-            serial: info.serial_number().trim_end().to_owned(),
+            label: token_text(info.label()),
+            manufacturer: token_text(info.manufacturer_id()),
+            model: token_text(info.model()),
+            serial: token_text(info.serial_number()),
+            slot_description: slot_info
+                .as_ref()
+                .map(|s| token_text(s.slot_description()))
+                .unwrap_or_default(),
+            slot_manufacturer: slot_info
+                .as_ref()
+                .map(|s| token_text(s.manufacturer_id()))
+                .unwrap_or_default(),
+            library_manufacturer: token_text(library.manufacturer_id()),
+            library_description: token_text(library.library_description()),
+            library_version: format!("{}.{}", version.major(), version.minor()),
         };
         seen.push(format!("{:?} (serial {})", identity.label, identity.serial));
-        let i = &identity;
-        if selector.fits_token(i.slot_id, &i.label, &i.manufacturer, &i.model, &i.serial) {
+        if selector.fits(&identity) {
             found.push((slot, identity));
         }
     }

@@ -12,14 +12,42 @@ pub struct Selector {
     pub model: Option<String>,
     /// Token serial number.
     pub serial: Option<String>,
-    /// Slot id.
     pub slot_id: Option<u64>,
+    pub slot_description: Option<String>,
+    pub slot_manufacturer: Option<String>,
+    /// The module's `CK_INFO`: manufacturer, description, and version as `MAJOR.MINOR`.
+    pub library_manufacturer: Option<String>,
+    pub library_description: Option<String>,
+    pub library_version: Option<String>,
     /// Object label (`CKA_LABEL`).
     pub object: Option<String>,
     /// Object id (`CKA_ID`).
     pub id: Option<Vec<u8>>,
     /// Object type: `private`, `public`, `cert`, `secret-key` or `data`.
     pub object_type: Option<String>,
+    /// A path attribute this agent does not know. As in p11-kit, it matches nothing.
+    pub unknown: Option<String>,
+}
+
+/// What the agent knows of its module, slot and token, for a URI to be matched against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub slot_id: u64,
+    pub label: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub serial: String,
+    pub slot_description: String,
+    pub slot_manufacturer: String,
+    pub library_manufacturer: String,
+    pub library_description: String,
+    pub library_version: String,
+}
+
+/// A token's fixed-width text field as people read it: without the blank padding and the NUL
+/// bytes some modules leave in it.
+pub fn token_text(field: &str) -> String {
+    field.replace('\0', "").trim().to_owned()
 }
 
 impl Selector {
@@ -54,30 +82,36 @@ impl Selector {
         }
     }
 
-    /// Whether a token with this label, manufacturer, model and serial fits.
-    pub fn fits_token(
-        &self,
-        slot_id: u64,
-        label: &str,
-        manufacturer: &str,
-        model: &str,
-        serial: &str,
-    ) -> bool {
-        let fits = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have.trim_end());
-        fits(&self.token, label)
-            && fits(&self.manufacturer, manufacturer)
-            && fits(&self.model, model)
-            && fits(&self.serial, serial)
-            && self.slot_id.is_none_or(|id| id == slot_id)
+    /// Whether the module, slot and token `identity` describes fit.
+    pub fn fits(&self, identity: &Identity) -> bool {
+        let i = identity;
+        let fits = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        self.unknown.is_none()
+            && fits(&self.token, &i.label)
+            && fits(&self.manufacturer, &i.manufacturer)
+            && fits(&self.model, &i.model)
+            && fits(&self.serial, &i.serial)
+            && self.slot_id.is_none_or(|id| id == i.slot_id)
+            && fits(&self.slot_description, &i.slot_description)
+            && fits(&self.slot_manufacturer, &i.slot_manufacturer)
+            && fits(&self.library_manufacturer, &i.library_manufacturer)
+            && fits(&self.library_description, &i.library_description)
+            && fits(&self.library_version, &i.library_version)
     }
 
-    /// Whether the selector names a token at all.
+    /// Whether the selector says anything of the module, slot or token.
     pub fn names_token(&self) -> bool {
         self.token.is_some()
             || self.manufacturer.is_some()
             || self.model.is_some()
             || self.serial.is_some()
             || self.slot_id.is_some()
+            || self.slot_description.is_some()
+            || self.slot_manufacturer.is_some()
+            || self.library_manufacturer.is_some()
+            || self.library_description.is_some()
+            || self.library_version.is_some()
+            || self.unknown.is_some()
     }
 }
 
@@ -117,14 +151,16 @@ pub fn redact(name: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Parses `pkcs11:path?query`. Query attributes that would carry a PIN are refused; module
-/// attributes are ignored (the daemon's module is given by `--module`).
+/// Parses `pkcs11:path?query` as p11-kit does: the scheme in any case, whitespace ignored
+/// (RFC 3986, appendix C), an attribute it does not know kept as one that matches nothing. A
+/// query that would carry a PIN or choose a module is refused: the agent holds the PIN, and
+/// `--module` chose the module.
 pub fn parse(text: &str) -> Result<Selector, String> {
-    let rest = if is_uri(text) {
-        &text[7..]
-    } else {
+    if !is_uri(text) {
         return Err(format!("{:?} is not a pkcs11: URI", redact(text)));
-    };
+    }
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let rest = &compact[7..];
     // What messages show of the URI: never a PIN it carries.
     let text = &*redact(text);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -136,40 +172,77 @@ pub fn parse(text: &str) -> Result<Selector, String> {
         let value = percent_decode(value).map_err(|e| format!("{name} in {text:?}: {e}"))?;
         let string =
             || String::from_utf8(value.clone()).map_err(|_| format!("{name} in {text:?} is not UTF-8"));
-        match name {
-            "token" => selector.token = Some(string()?),
-            "manufacturer" => selector.manufacturer = Some(string()?),
-            "model" => selector.model = Some(string()?),
-            "serial" => selector.serial = Some(string()?),
+        let field = match name {
+            "token" => &mut selector.token,
+            "manufacturer" => &mut selector.manufacturer,
+            "model" => &mut selector.model,
+            "serial" => &mut selector.serial,
+            "slot-description" => &mut selector.slot_description,
+            "slot-manufacturer" => &mut selector.slot_manufacturer,
+            "library-manufacturer" => &mut selector.library_manufacturer,
+            "library-description" => &mut selector.library_description,
+            "library-version" => &mut selector.library_version,
+            "object" => &mut selector.object,
+            "type" => &mut selector.object_type,
             "slot-id" => {
-                selector.slot_id =
-                    Some(string()?.parse().map_err(|_| format!("slot-id in {text:?} is not a number"))?)
+                let id = string()?.parse().map_err(|_| format!("slot-id in {text:?} is not a number"))?;
+                selector.slot_id = Some(id);
+                continue;
             }
-            "object" => selector.object = Some(string()?),
-            "id" => selector.id = Some(value),
-            "type" => selector.object_type = Some(string()?),
-            // The library attributes describe the module, which --module already chose.
-            "library-manufacturer" | "library-description" | "library-version" => {}
-            name if name.starts_with("x-") => {}
+            "id" => {
+                selector.id = Some(value);
+                continue;
+            }
+            "pin-value" | "pin-source" => return Err(pin_refused(name)),
             name => {
-                return Err(format!(
-                    "{text:?} has the attribute {name:?}, which this agent does not match on"
-                ));
+                selector.unknown.get_or_insert_with(|| name.to_owned());
+                continue;
             }
-        }
+        };
+        *field = Some(string()?);
     }
     for attribute in query.split('&').filter(|a| !a.is_empty()) {
         let name = attribute.split_once('=').map_or(attribute, |(name, _)| name);
         match name {
-            "pin-value" | "pin-source" => {
+            "pin-value" | "pin-source" => return Err(pin_refused(name)),
+            "module-name" | "module-path" => {
                 return Err(format!(
-                    "{name} in a URI is refused: the agent holds the PIN, and takes none with a key"
+                    "{name} in a URI is refused: the agent signs with the module --module loaded"
                 ));
             }
             _ => {}
         }
     }
     Ok(selector)
+}
+
+/// The URI of the private key with this label and id (in hex, as `keys` lists it), which names
+/// it when its label alone may not: another tool can give two keys one label.
+pub fn key_uri_hex(label: &str, id_hex: &str) -> String {
+    let mut uri = String::from("pkcs11:object=");
+    for &b in label.as_bytes() {
+        // RFC 7512's unreserved and path characters stay; everything else is escaped.
+        if b.is_ascii_alphanumeric() || b"-._~:[]@!$'()*+,=&".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if !id_hex.is_empty() {
+        uri.push_str(";id=");
+        for (i, digit) in id_hex.chars().enumerate() {
+            if i % 2 == 0 {
+                uri.push('%');
+            }
+            uri.push(digit);
+        }
+    }
+    uri.push_str(";type=private");
+    uri
+}
+
+fn pin_refused(name: &str) -> String {
+    format!("{name} in a URI is refused: the agent holds the PIN, and takes none with a key")
 }
 
 fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
@@ -196,17 +269,59 @@ mod tests {
 
     #[test]
     fn parses_rfc7512_uris() {
-        let s = parse(
-            "pkcs11:token=The%20Token;serial=42;object=my%2fkey;id=%01%A0;type=private?module-path=/x.so",
-        )
-        .unwrap();
+        let s = parse("pkcs11:token=The%20Token;serial=42;object=my%2fkey;id=%01%A0;type=private?x-vendor=1")
+            .unwrap();
         assert_eq!(s.token.as_deref(), Some("The Token"));
         assert_eq!(s.serial.as_deref(), Some("42"));
         assert_eq!(s.object.as_deref(), Some("my/key"));
         assert_eq!(s.id, Some(vec![0x01, 0xa0]));
         assert_eq!(s.object_type.as_deref(), Some("private"));
-        assert!(s.fits_token(0, "The Token", "SoftHSM", "v2", "42"));
-        assert!(!s.fits_token(0, "The Token", "SoftHSM", "v2", "43"));
+        let mut token = Identity { label: "The Token".into(), serial: "42".into(), ..Identity::default() };
+        assert!(s.fits(&token));
+        token.serial = "43".into();
+        assert!(!s.fits(&token));
+    }
+
+    #[test]
+    fn reads_uris_as_p11_kit_does() {
+        // Whitespace is not part of a URI; an escaped space is.
+        let s = parse("pkcs11: object = my%20key ;\n id=%01").unwrap();
+        assert_eq!((s.object.as_deref(), s.id.as_deref()), (Some("my key"), Some(&[1u8][..])));
+        // Module and slot attributes are matched like the token's.
+        let token = Identity {
+            library_manufacturer: "SoftHSM".into(),
+            library_version: "2.6".into(),
+            slot_description: "SoftHSM slot ID 0x1".into(),
+            ..Identity::default()
+        };
+        assert!(
+            parse("pkcs11:library-manufacturer=SoftHSM;library-version=2.6;object=k").unwrap().fits(&token)
+        );
+        assert!(!parse("pkcs11:library-manufacturer=OpenSC;object=k").unwrap().fits(&token));
+        assert!(!parse("pkcs11:slot-description=other;object=k").unwrap().fits(&token));
+        // An attribute the agent does not know matches nothing, so nothing is signed.
+        for uri in ["pkcs11:object=k;x-foo=bar", "pkcs11:object=k;vendor-aaa=1"] {
+            let s = Selector::key(uri).unwrap();
+            assert!(s.names_token() && !s.fits(&token), "{uri}");
+        }
+        // A module chosen in the query is refused, not silently ignored.
+        for uri in ["pkcs11:object=k?module-path=/x.so", "pkcs11:object=k?module-name=p11-kit-trust"] {
+            assert!(parse(uri).unwrap_err().contains("--module"), "{uri}");
+        }
+    }
+
+    #[test]
+    fn key_uris_name_one_key_and_read_back() {
+        let uri = key_uri_hex("my key;1%", "01ab");
+        assert_eq!(uri, "pkcs11:object=my%20key%3B1%25;id=%01%ab;type=private");
+        let s = Selector::key(&uri).unwrap();
+        assert_eq!((s.object.as_deref(), s.id.as_deref()), (Some("my key;1%"), Some(&[0x01, 0xab][..])));
+    }
+
+    #[test]
+    fn token_text_drops_padding_and_nul_bytes() {
+        assert_eq!(token_text("SW   TPM\0\0\0     "), "SW   TPM");
+        assert_eq!(token_text("jwt-test                        "), "jwt-test");
     }
 
     #[test]
@@ -214,7 +329,7 @@ mod tests {
         assert!(parse("pkcs11:object=a?pin-value=1234").is_err());
         assert!(parse("pkcs11:object=a%2").is_err());
         assert!(parse("pkcs11:object=a%zz").is_err());
-        assert!(parse("pkcs11:colour=red").is_err());
+        assert!(parse("pkcs11:object=k;colour=red").unwrap().unknown.is_some());
         assert!(parse("pkcs11:object").is_err());
         assert!(Selector::key("pkcs11:object=a;type=cert").is_err());
         assert!(Selector::key("pkcs11:token=t").is_err());

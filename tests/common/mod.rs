@@ -145,7 +145,7 @@ impl Hsm {
     }
 
     /// Runs OpenSC's pkcs11-tool on this token's module.
-    pub fn pkcs11_tool(&self, args: &[&str]) {
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
         let out = Command::new("pkcs11-tool")
             .arg("--module")
             .arg(&self.module)
@@ -154,6 +154,7 @@ impl Hsm {
             .output()
             .unwrap();
         assert!(out.status.success(), "pkcs11-tool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Generates a P-256 key pair on the token with `CKA_ALWAYS_AUTHENTICATE`, as a YubiKey's
@@ -503,8 +504,9 @@ token, alg, pem, jwk = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 opts = {"verify_aud": False}
 by_pem = jwt.decode(token, pem, algorithms=[alg], options=opts)
 jwk = json.loads(jwk)
-jwk["alg"] = alg  # an RSA key's JWK names its default alg; the same key signs the others too
-by_jwk = jwt.decode(token, jwt.PyJWK(jwk), algorithms=[alg], options=opts)
+# A JWK names an alg only for a key that signs with that one alg; verifiers hold tokens to it.
+assert jwk.get("alg", alg) == alg, f"the JWK says {jwk['alg']}, the token {alg}"
+by_jwk = jwt.decode(token, jwt.PyJWK(jwk, algorithm=alg), algorithms=[alg], options=opts)
 assert by_pem == by_jwk
 print(json.dumps(by_pem))
 "#;
