@@ -9,8 +9,9 @@
 #   scripts/tpm.sh install                         only installs the packages
 #
 # Typical use: eval "$(scripts/tpm.sh start "$dir")"; scripts/tpm.sh token "$dir" t 1234 5678.
-# Everything talks over unix sockets in DIR (or a short folder under /tmp when DIR's path is too
-# long for a socket), so runs in parallel do not collide. Progress goes to stderr, logs to DIR/*.log.
+# Everything talks over unix sockets in DIR (or in a short folder under /tmp when DIR's path is
+# long or has spaces or commas), so runs in parallel do not collide. Progress goes to stderr, logs
+# to DIR/*.log; the TPM state (DIR/state) and the store (DIR/store) outlast stop and a new start.
 # TPM_START_TIMEOUT (seconds, default 30) bounds each wait.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -46,10 +47,10 @@ install_missing() {
     tpm2_ptool --help >/dev/null 2>&1 || die "tpm2_ptool does not run: try apt-get install --reinstall python3-tpm2-pkcs11-tools"
 }
 
-# Absolute path of DIR, created if need be.
+# Absolute path of the folder DIR.
 dir_arg() {
     [ -n "${1:-}" ] || die "usage: $0 start|token|env|stop DIR ..."
-    mkdir -p "$1"
+    [ -d "$1" ] || die "no folder $1"
     (cd "$1" && pwd)
 }
 
@@ -101,7 +102,8 @@ load_env() {
 }
 
 cmd_start() {
-    local dir sock pid
+    local dir sock state pid name started=$EPOCHREALTIME
+    [ -z "${1:-}" ] || mkdir -p "$1"
     dir=$(dir_arg "${1:-}")
     install_missing
     for name in swtpm dbus tabrmd; do
@@ -110,25 +112,28 @@ cmd_start() {
         fi
     done
     rm -f "$dir/env" "$dir/dbus.address" "$dir/sockdir"
-    # A unix socket path has at most 107 bytes: keep the sockets short if DIR is not.
-    sock=$dir
-    if [ "${#dir}" -gt 80 ]; then
+    mkdir -p "$dir/state" "$dir/store"
+    # A unix socket path has at most 107 bytes, and swtpm's options, the TCTI string and the D-Bus
+    # address split on commas: for a long or unusual DIR, sockets and a link to the state go to a
+    # short folder.
+    sock=$dir state=$dir/state
+    if [ "${#dir}" -gt 80 ] || ! [[ $dir =~ ^[A-Za-z0-9_./-]+$ ]]; then
         sock=$(mktemp -d /tmp/tpm.XXXXXX)
         echo "$sock" >"$dir/sockdir"
+        ln -s "$dir/state" "$sock/state"
+        state=$sock/state
     fi
-    mkdir -p "$dir/state" "$dir/store"
     # A half start leaves nothing running: die exits, and this stops what had started.
     # shellcheck disable=SC2064  # $dir expands now
     trap "[ \$? -eq 0 ] || cmd_stop $(printf %q "$dir") >/dev/null 2>&1" EXIT
-    local started=$SECONDS
 
     # Background processes get /dev/null and log files, never our stdout: a caller reading our
     # output with $(...) would otherwise wait for them to exit.
     step "starting swtpm"
     rm -f "$sock/swtpm.sock" "$sock/swtpm.sock.ctrl"
-    swtpm socket --tpm2 --tpmstate dir="$dir/state" \
+    swtpm socket --tpm2 --tpmstate dir="$state" \
         --server type=unixio,path="$sock/swtpm.sock" --ctrl type=unixio,path="$sock/swtpm.sock.ctrl" \
-        --flags not-need-init,startup-clear --log file="$dir/swtpm.log",level=1 \
+        --flags not-need-init,startup-clear \
         </dev/null >>"$dir/swtpm.log" 2>&1 &
     pid=$!
     echo "$pid" >"$dir/swtpm.pid"
@@ -145,6 +150,8 @@ cmd_start() {
   <listen>unix:path=$sock/bus</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
+    <!-- Any local user may use this TPM: the tests run daemons as nobody too. -->
+    <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -173,10 +180,15 @@ EOF
     echo "$pid" >"$dir/tabrmd.pid"
     wait_for tpm2-abrmd "$pid" tpm2-abrmd "$dir/tabrmd.log" \
         timeout 5 tpm2_getcap -T "$TCTI" properties-fixed
+    # A TPM counts wrong PINs against its dictionary-attack protection and then refuses every
+    # authorization for a while; the tests try wrong PINs on purpose, so this TPM forgives them.
+    timeout 5 tpm2_dictionarylockout -T "$TCTI" --clear-lockout >/dev/null
+    timeout 5 tpm2_dictionarylockout -T "$TCTI" --setup-parameters --max-tries=100000 \
+        --recovery-time=1 --lockout-recovery-time=1 >/dev/null
 
     print_env "$dir" >"$dir/env"
     trap - EXIT
-    step "TPM ready in $((SECONDS - started))s ($dir)"
+    step "TPM ready in $(awk "BEGIN {printf \"%.2f\", $EPOCHREALTIME - $started}")s ($dir)"
     cat "$dir/env"
 }
 
@@ -195,16 +207,19 @@ cmd_token() {
         [ -n "$pid" ] || die "tpm2_ptool init printed no primary id"
     fi
     step "tpm2_ptool addtoken --pid=$pid --label=$label"
+    # The PINs are on a command line (tpm2_ptool takes them no other way): test PINs only.
     tpm2_ptool addtoken --path "$TPM2_PKCS11_STORE" --pid="$pid" --label="$label" \
         --userpin="$userpin" --sopin="$sopin" >&2
     pkcs11-tool --module "$TPM_PKCS11_MODULE" -L 2>&1 |
-        grep -Eq "token label +: $label *\$" ||
+        LABEL=$label awk -F': ' '/token label/ { sub(/ +$/, "", $2); if ($2 == ENVIRON["LABEL"]) found = 1 }
+            END { exit !found }' ||
         die "pkcs11-tool -L does not list the token $label"
     step "token $label ready"
 }
 
 cmd_stop() {
     local dir name pid deadline
+    [ -z "${1:-}" ] || [ -d "$1" ] || return 0 # nothing was started there
     dir=$(dir_arg "${1:-}")
     # Clients first, the TPM last; each by its recorded pid, and only if it is still that program.
     for name in tabrmd:tpm2-abrmd dbus:dbus-daemon swtpm:swtpm; do
@@ -227,7 +242,11 @@ cmd_stop() {
 case "${1:-}" in
 start) cmd_start "${@:2}" ;;
 token) cmd_token "${@:2}" ;;
-env) load_env "$(dir_arg "${2:-}")" && cat "$(dir_arg "$2")/env" ;;
+env)
+    dir=$(dir_arg "${2:-}")
+    load_env "$dir"
+    cat "$dir/env"
+    ;;
 stop) cmd_stop "${@:2}" ;;
 install) install_missing ;;
 *) die "usage: $0 start DIR | token DIR LABEL USERPIN SOPIN | env DIR | stop DIR | install" ;;

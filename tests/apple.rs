@@ -146,7 +146,7 @@ fn what_apple_would_reject_never_leaves_the_agent() {
     let p384 = hsm.path("p384.pem");
     openssl_key("EC:P-384", &p384);
     let _agent = hsm.agent();
-    assert_eq!(run(hsm.cli().arg("import").arg(&p384)).0, 0);
+    hsm.add_key("EC:P-384", &p384, "p384");
     let cases: &[(&[&str], &str)] = &[
         (&["--preset", "app-store-connect", "--iss", TEAM, "--ttl", "21m"], "at most 20m"),
         (

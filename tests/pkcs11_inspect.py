@@ -42,7 +42,7 @@ with token.open(user_pin=pin) as session:
             try:
                 obj[Attribute.PRIVATE_EXPONENT if obj[Attribute.KEY_TYPE] == pkcs11.KeyType.RSA else Attribute.VALUE]
                 entry["value_readable"] = True
-            except AttributeSensitive:
+            except (AttributeSensitive, AttributeTypeInvalid):  # a TPM has no such value at all
                 entry["value_readable"] = False
         objects.append(entry)
 json.dump(sorted(objects, key=lambda o: (o["label"], o["class"])), sys.stdout)

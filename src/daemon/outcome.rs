@@ -137,7 +137,7 @@ fn token_code(e: &TokenError) -> ErrorCode {
         | TokenError::BadKey(_)
         | TokenError::NoPublicKey(_)
         | TokenError::NoMechanism { .. } => ErrorCode::BadRequest,
-        TokenError::Panicked(_) => ErrorCode::Internal,
+        TokenError::Panicked(_) | TokenError::Stale => ErrorCode::Internal,
         _ => ErrorCode::TokenError,
     }
 }

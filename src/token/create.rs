@@ -187,7 +187,8 @@ fn public_template(label: &str, id: &[u8], key_type: KeyType) -> Vec<Attribute> 
         Attribute::KeyType(key_type),
         Attribute::Token(true),
         Attribute::Private(false),
-        Attribute::Verify(true),
+        // CKA_VERIFY is left to the token: tpm2-pkcs11 derives it from the key's TPM usage and
+        // refuses a template that says otherwise. Nothing verifies on the token anyway.
         Attribute::Modifiable(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.to_vec()),
@@ -384,7 +385,9 @@ fn store(
     let template = [
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(true),
-        Attribute::Private(false),
+        // Not secret, but private: tpm2-pkcs11 makes no public data objects, and the keys it
+        // speaks of are seen only after the login too.
+        Attribute::Private(true),
         Attribute::Application(application.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Value(value.as_bytes().to_vec()),

@@ -104,6 +104,10 @@ pub enum TokenError {
     /// The session pool is shut down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The module must be reloaded to see the token's objects as they are now; the pool does
+    /// that and asks again, so this never reaches a client.
+    #[error("the module must be reloaded to find the token's new keys")]
+    Stale,
     /// A job panicked on a worker (a bug); the worker goes on with a new session.
     #[error("the agent failed on this request ({0}); it goes on serving")]
     Panicked(String),

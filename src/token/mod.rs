@@ -24,13 +24,16 @@ use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use uri::{Identity, Selector, token_text};
 
 /// How long after a rejected `unlock` no other PIN is tried.
 pub const UNLOCK_BACKOFF: Duration = Duration::from_secs(30);
+/// How often, at most, the agent reloads a module that reads the token's objects only at
+/// `C_Initialize` (tpm2-pkcs11), to find keys other programs made since.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One token in one loaded PKCS#11 module, logged in as the user.
 pub struct Token {
@@ -55,6 +58,31 @@ pub struct Token {
     raw: OnceLock<Result<raw::RawSign, String>>,
     /// The token's identity, to check key URIs that name a token against it.
     identity: Identity,
+    /// Held shared by every PKCS#11 call of the pool, and exclusively to reload the module.
+    gate: RwLock<()>,
+    /// How many times the module was reloaded: sessions of an older generation are gone.
+    generation: AtomicU64,
+    /// Whether a reload may be asked for (the pool can do it), and when the last one was.
+    reloads: AtomicBool,
+    reloaded_at: Mutex<Option<Instant>>,
+    /// How tpm2-pkcs11's store file stood when the module last read it.
+    store_seen: Mutex<Option<StoreStamp>>,
+}
+
+/// A store file's modification time and size: when they change, another program changed the
+/// token's objects.
+type StoreStamp = (std::time::SystemTime, u64);
+
+/// tpm2-pkcs11's store file, found as the module finds it (`$TPM2_PKCS11_STORE`, then
+/// `/etc/tpm2_pkcs11`, then `~/.tpm2_pkcs11`), and how it stands now.
+fn tpm_store_stamp() -> Option<StoreStamp> {
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tpm2_pkcs11"));
+    let folders = std::env::var_os("TPM2_PKCS11_STORE").map(PathBuf::from).into_iter();
+    let folders = folders.chain([PathBuf::from("/etc/tpm2_pkcs11")]).chain(home);
+    folders.filter_map(|folder| std::fs::metadata(folder.join("tpm2_pkcs11.sqlite3")).ok()).find_map(|meta| {
+        let modified = meta.modified().ok()?;
+        Some((modified, meta.len()))
+    })
 }
 
 impl Token {
@@ -83,6 +111,11 @@ impl Token {
             unlock_rejected_at: Mutex::new(None),
             mechanisms,
             keys: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+            generation: AtomicU64::new(0),
+            reloads: AtomicBool::new(false),
+            reloaded_at: Mutex::new(None),
+            store_seen: Mutex::new(tpm_store_stamp()),
         };
         let session = token.open_session()?;
         token.login(&session)?;
@@ -248,7 +281,10 @@ impl Token {
                 None => TokenError::OtherToken { key: name.to_owned(), token: self.identity.label.clone() },
             });
         }
-        let key = Arc::new(keys::find(session, &selector, name)?);
+        let key = match keys::find(session, &selector, name) {
+            Err(TokenError::NoKey(_)) if self.wants_reload() => return Err(TokenError::Stale),
+            found => Arc::new(found?),
+        };
         let mut cache = self.keys.write().unwrap_or_else(|e| e.into_inner());
         Ok(cache.entry(name.to_owned()).or_insert(key).clone())
     }
@@ -260,7 +296,62 @@ impl Token {
 
     /// Lists the signing keys on the token.
     pub fn list_keys(&self, session: &Session) -> Result<Vec<KeyInfo>, TokenError> {
+        if self.wants_reload() {
+            return Err(TokenError::Stale);
+        }
         keys::list(session)
+    }
+
+    /// Whether the module should be reloaded before keys are looked for: it is one that reads
+    /// the token's objects only at `C_Initialize` (tpm2-pkcs11), the pool can reload it, and
+    /// its store changed since it read it (or, when the store cannot be found, no reload was
+    /// made in the last [`RELOAD_INTERVAL`]).
+    fn wants_reload(&self) -> bool {
+        if !(self.is_tpm() && self.reloads.load(Ordering::SeqCst)) || self.is_locked() {
+            return false;
+        }
+        match tpm_store_stamp() {
+            Some(now) => *self.store_seen.lock().unwrap_or_else(|e| e.into_inner()) != Some(now),
+            None => {
+                let at = self.reloaded_at.lock().unwrap_or_else(|e| e.into_inner());
+                at.is_none_or(|at| at.elapsed() >= RELOAD_INTERVAL)
+            }
+        }
+    }
+
+    /// Lets [`Stale`](TokenError::Stale) be asked for: the pool, which can reload, runs the calls.
+    pub(crate) fn allow_reload(&self) {
+        self.reloads.store(true, Ordering::SeqCst);
+    }
+
+    /// The gate every call of the pool holds shared, and a reload exclusively.
+    pub(crate) fn gate(&self) -> &RwLock<()> {
+        &self.gate
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// `C_Finalize` and `C_Initialize` again, so that the module reads the token's objects
+    /// anew. Every session dies with it; the caller holds the gate exclusively, and the
+    /// workers open new sessions (and log in, once) when they see the new generation.
+    pub(crate) fn reload(&self) -> Result<(), TokenError> {
+        let _logins = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        *self.reloaded_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        crate::info!("reloading the module to find keys made since it was loaded");
+        self.ctx.clone().finalize()?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.forget_keys();
+        // What the module reads now; a change after this is seen at the next lookup.
+        *self.store_seen.lock().unwrap_or_else(|e| e.into_inner()) = tpm_store_stamp();
+        self.ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+        Ok(())
+    }
+
+    /// Whether the module is tpm2-pkcs11, whose TPM cannot take private keys from outside.
+    fn is_tpm(&self) -> bool {
+        self.identity.library_manufacturer.starts_with("tpm2-software")
     }
 
     /// Signs JWS signing input with `key` for `alg`, inside the token. Returns the raw JWS
@@ -313,8 +404,29 @@ impl Token {
 
     /// Creates a key on the token: imported from a file, or generated inside it.
     pub fn create(&self, new: &NewKey) -> Result<KeyInfo, TokenError> {
+        if let NewKey::Generate { alg: Alg::Es512, .. } = new
+            && self.is_tpm()
+        {
+            // tpm2-pkcs11 makes P-521 keys but cannot sign with them (nor return their point).
+            return Err(TokenError::BadKey(
+                "a TPM (tpm2-pkcs11) does not sign with P-521 keys, so no ES512".into(),
+            ));
+        }
         let session = self.open_rw_session()?;
-        let label = create::create(&session, new, &self.mechanisms)?;
+        let label = create::create(&session, new, &self.mechanisms).map_err(|e| {
+            match (new, &e) {
+            (
+                NewKey::Import { .. },
+                TokenError::Pkcs11(RvError::AttributeValueInvalid, cryptoki::context::Function::CreateObject),
+            ) if self.is_tpm() => TokenError::BadKey(
+                "this token is a TPM (tpm2-pkcs11), which takes no private key from outside through PKCS#11: \
+                 import the file with `tpm2_ptool import --label TOKEN --key-label LABEL --algorithm ecc \
+                 --privkey FILE` (rsa for an RSA key), then sign with it here"
+                    .into(),
+            ),
+            _ => e,
+        }
+        })?;
         // A key of that label that was deleted behind the agent's back may still be cached.
         self.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&label);
         self.key(&session, &label).map(|key| key.info.clone())
@@ -330,6 +442,11 @@ fn find_slot(ctx: &Pkcs11, selector: &Selector, name: &str) -> Result<(Slot, Ide
     let mut found = Vec::new();
     for slot in ctx.get_slots_with_token()? {
         let Ok(info) = ctx.get_token_info(slot) else { continue };
+        // An empty slot's token (tpm2-pkcs11 shows one after the last token) cannot be the
+        // agent's, and has the same serial as the others there.
+        if !info.token_initialized() {
+            continue;
+        }
         let slot_info = ctx.get_slot_info(slot).ok();
         let version = library.library_version();
         let identity = Identity {

@@ -23,6 +23,8 @@ pub struct Pool {
 pub struct Worker {
     token: Arc<Token>,
     session: Option<Session>,
+    /// The module generation the session belongs to.
+    generation: u64,
 }
 
 impl Pool {
@@ -34,10 +36,12 @@ impl Pool {
         for _ in 1..size {
             sessions.push(token.open_session()?);
         }
+        token.allow_reload();
         let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
         let mut workers = Vec::with_capacity(size);
         for (n, session) in sessions.into_iter().enumerate() {
-            let worker = Worker { token: token.clone(), session: Some(session) };
+            let generation = token.generation();
+            let worker = Worker { token: token.clone(), session: Some(session), generation };
             let receiver = receiver.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("pkcs11-{n}"))
@@ -106,12 +110,43 @@ impl Worker {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(token, session)))
                 .unwrap_or_else(|panic| Err(TokenError::Panicked(panic_message(&*panic))))
         };
-        let result = self.run_job(&guarded);
+        let mut result = self.run_current(&guarded);
+        if matches!(result, Err(TokenError::Stale)) {
+            // The module must be reloaded to see keys made since it was loaded: with no other
+            // call under way, unless another worker has just done it; then once more.
+            let token = self.token.clone();
+            let reloaded = {
+                let _alone = token.gate().write().unwrap_or_else(|e| e.into_inner());
+                if token.generation() == self.generation { token.reload() } else { Ok(()) }
+            };
+            result = match reloaded {
+                Ok(()) => self.run_current(&guarded),
+                Err(e) => Err(e),
+            };
+        }
         if matches!(result, Err(TokenError::Panicked(_))) {
             crate::warn!("a job panicked on a worker; its session is closed and the worker goes on");
             self.session = None;
         }
         result
+    }
+
+    /// Runs `f` under the shared gate, on a session of the module's current generation.
+    fn run_current<T>(
+        &mut self,
+        f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let token = self.token.clone();
+        let _shared = token.gate().read().unwrap_or_else(|e| e.into_inner());
+        if token.generation() != self.generation {
+            // The session died with the old module state, and its handle may now be another
+            // session's: forget it without closing it.
+            if let Some(old) = self.session.take() {
+                std::mem::forget(old);
+            }
+            self.generation = token.generation();
+        }
+        self.run_job(f)
     }
 
     fn run_job<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {

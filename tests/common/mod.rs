@@ -22,18 +22,30 @@ fn first_existing(candidates: &[&str]) -> Option<PathBuf> {
 }
 
 /// The PKCS#11 implementation the tests run against: SoftHSM, or with
-/// `JWT_AGENT_TEST_BACKEND=kryoptic` (and `JWT_AGENT_TEST_MODULE`) kryoptic.
+/// `JWT_AGENT_TEST_BACKEND=kryoptic` or `tpm` (and `JWT_AGENT_TEST_MODULE`) kryoptic, or a TPM
+/// through tpm2-pkcs11 (`scripts/tpm.sh` starts swtpm and tpm2-abrmd and sets the TCTI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     SoftHsm,
     Kryoptic,
+    Tpm,
 }
 
 pub fn backend() -> Backend {
     match std::env::var("JWT_AGENT_TEST_BACKEND").as_deref() {
         Ok("kryoptic") => Backend::Kryoptic,
+        Ok("tpm") => Backend::Tpm,
         _ => Backend::SoftHsm,
     }
+}
+
+/// What a TPM (tpm2-pkcs11) answers `import`: it takes no private key from outside.
+pub const TPM_IMPORT_REFUSAL: &str =
+    "this token is a TPM (tpm2-pkcs11), which takes no private key from outside";
+
+/// Whether the token takes private keys through `jwt-agent import` (a TPM does not).
+pub fn imports() -> bool {
+    backend() != Backend::Tpm
 }
 
 /// SoftHSM's PKCS#11 module: `$JWT_AGENT_TEST_MODULE`, else the usual Debian paths.
@@ -83,6 +95,15 @@ impl Hsm {
                 std::fs::write(&conf, template.replace("@TOKENDIR@", tokens.to_str().unwrap())).unwrap();
                 (conf, softhsm_module())
             }
+            Backend::Tpm => {
+                // One store per token; the TPM (and tpm2-abrmd) is the run's.
+                let store = dir.path().join("store");
+                std::fs::create_dir(&store).unwrap();
+                let module = std::env::var_os("JWT_AGENT_TEST_MODULE")
+                    .map(PathBuf::from)
+                    .expect("JWT_AGENT_TEST_MODULE");
+                (store, module)
+            }
             Backend::Kryoptic => {
                 let conf = dir.path().join("kryoptic.conf");
                 let db = dir.path().join("token.sql");
@@ -109,6 +130,12 @@ impl Hsm {
                 "--so-pin",
                 SO_PIN,
             ]),
+            Backend::Tpm => {
+                // A transient primary key: no persistent TPM handle per test token.
+                hsm.ptool(&["init", "--transient-parent", "tpm2-tools-default"]);
+                let pins = [format!("--userpin={PIN}"), format!("--sopin={SO_PIN}")];
+                hsm.ptool(&["addtoken", "--pid=1", &format!("--label={TOKEN_LABEL}"), &pins[0], &pins[1]]);
+            }
             Backend::Kryoptic => {
                 hsm.pkcs11_tool(&["--slot", "1", "--init-token", "--label", TOKEN_LABEL, "--so-pin", SO_PIN]);
                 hsm.pkcs11_tool(&[
@@ -134,8 +161,58 @@ impl Hsm {
     }
 
     /// The environment a PKCS#11 module of this token reads its configuration from.
-    pub fn conf_envs(&self) -> [(&'static str, &Path); 2] {
-        [("SOFTHSM2_CONF", self.conf.as_path()), ("KRYOPTIC_CONF", self.conf.as_path())]
+    pub fn conf_envs(&self) -> [(&'static str, &Path); 3] {
+        let conf = self.conf.as_path();
+        [("SOFTHSM2_CONF", conf), ("KRYOPTIC_CONF", conf), ("TPM2_PKCS11_STORE", conf)]
+    }
+
+    /// Runs tpm2-pkcs11's `tpm2_ptool` on this token's store.
+    pub fn ptool(&self, args: &[&str]) {
+        self.ptool_os(args.iter().map(std::ffi::OsStr::new))
+    }
+
+    fn ptool_os<'a>(&self, args: impl IntoIterator<Item = &'a std::ffi::OsStr>) {
+        let mut args: Vec<&std::ffi::OsStr> = args.into_iter().collect();
+        let store = self.conf.as_os_str();
+        args.splice(1..1, [std::ffi::OsStr::new("--path"), store]);
+        let out = Command::new("tpm2_ptool").args(&args).output().unwrap();
+        assert!(out.status.success(), "tpm2_ptool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Puts the private key in `file` (made by [`openssl_key`] of `kind`) on the token as
+    /// `label`, as a user of this token would: `jwt-agent import` (the agent must run), or on a
+    /// TPM, which takes no key through PKCS#11, `tpm2_ptool import` (the agent finds it on its
+    /// next lookup).
+    pub fn add_key(&self, kind: &str, file: &Path, label: &str) {
+        if backend() == Backend::Tpm {
+            let algorithm = if kind.starts_with("RSA") { "--algorithm=rsa" } else { "--algorithm=ecc" };
+            let key_label = format!("--key-label={label}");
+            let privkey = format!("--privkey={}", file.display());
+            let token = format!("--label={TOKEN_LABEL}");
+            let pin = format!("--userpin={PIN}");
+            self.ptool(&["import", &token, &key_label, &pin, &privkey, algorithm]);
+        } else {
+            let (code, _, err) = run(self.cli().arg("import").arg(file).args(["--label", label]));
+            assert_eq!(code, 0, "import {}: {err}", file.display());
+        }
+    }
+
+    /// On a TPM, checks that `jwt-agent import FILE` is refused in its one sentence, exit 4,
+    /// with nothing created, and returns true: the caller's import test has nothing more to do
+    /// there. Elsewhere, false.
+    pub fn import_is_refused_by_a_tpm(&self, file: &Path) -> bool {
+        if imports() {
+            return false;
+        }
+        // The agent lists what the token holds (the test may have changed the PIN).
+        let keys = || run(self.cli().args(["keys", "--json"])).1;
+        let before = keys();
+        let (code, out, err) = run(self.cli().arg("import").arg(file));
+        assert_eq!(code, 4, "{out}{err}");
+        assert!(err.contains(TPM_IMPORT_REFUSAL) && err.contains("tpm2_ptool import"), "{err}");
+        assert!(err.contains("nothing was created"), "{err}");
+        assert_eq!(keys(), before, "the refused import left a key behind");
+        true
     }
 
     /// Runs softhsm2-util against this token folder.
@@ -190,6 +267,23 @@ impl Hsm {
                 "--pin",
                 PIN,
             ]),
+            Backend::Tpm => {
+                use std::os::unix::ffi::OsStrExt;
+                // tpm2_ptool takes the id's bytes as they are, not in hex.
+                let id = (0..id.len()).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap());
+                let id: Vec<u8> = id.collect();
+                let args = [
+                    "import",
+                    &format!("--label={TOKEN_LABEL}"),
+                    &format!("--key-label={label}"),
+                    &format!("--userpin={PIN}"),
+                    &format!("--privkey={p8}"),
+                    "--algorithm=ecc",
+                    "--id",
+                ];
+                let args = args.iter().map(std::ffi::OsStr::new).chain([std::ffi::OsStr::from_bytes(&id)]);
+                self.ptool_os(args);
+            }
             Backend::Kryoptic => {
                 let der = self.path(&format!("{label}.pub.der"));
                 run_ok(
