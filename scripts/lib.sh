@@ -13,10 +13,12 @@ first_file() {
 }
 
 # shellcheck disable=SC2046  # dpkg -L paths have no spaces; globs that match nothing are skipped
+# Debian's paths, then Homebrew's (Apple silicon, then Intel Macs).
 find_softhsm() {
     first_file $(dpkg -L libsofthsm2 softhsm2 2>/dev/null | grep '/libsofthsm2\.so$') \
         /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
-        /usr/lib/*/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so
+        /usr/lib/*/softhsm/libsofthsm2.so /opt/homebrew/lib/softhsm/libsofthsm2.so \
+        /usr/local/lib/softhsm/libsofthsm2.so
 }
 
 # shellcheck disable=SC2046
@@ -26,8 +28,13 @@ find_spy() {
 }
 
 # Installs the Debian packages named, if any: as root with apt-get, else says the sudo command.
+# On macOS it names the Homebrew formulas instead (softhsm2 is `softhsm` there).
 apt_install() {
     [ "$#" -gt 0 ] || return 0
+    if [ "$(uname -s)" = Darwin ]; then
+        local formulas=("${@/softhsm2/softhsm}")
+        die "missing: ${formulas[*]}; install them with: brew install ${formulas[*]}"
+    fi
     local install=(apt-get install -y --no-install-recommends "$@")
     if [ "$(id -u)" -ne 0 ]; then
         printf 'missing: %s; install them with:\n  sudo apt-get update && sudo %s\n' "$*" "${install[*]}" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # jwt-agent quickstart, for a fresh Debian/Ubuntu machine (as root, or after the sudo command it
-# prints). Installs SoftHSM if missing, builds, makes a SoftHSM token, starts the agent, imports a
+# prints), or a Mac with Homebrew (`brew install softhsm` first). Installs SoftHSM if missing, builds, makes a SoftHSM token, starts the agent, imports a
 # demo Apple-style .p8 key with `jwt-agent import`, signs an App Store Connect token and verifies
 # it with openssl.
 # Safe to run again: it keeps the token and key, and restarts the agent.
@@ -24,7 +24,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v cc >/dev/null || missing+=(gcc)
 apt_install "${missing[@]}"
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs, then run this again"
-MODULE=$(find_softhsm) || die "libsofthsm2.so not found; reinstall the softhsm2 package"
+MODULE=$(find_softhsm) || die "libsofthsm2.so not found; reinstall the softhsm2 package (brew install softhsm on a Mac)"
 
 # --- 2. Build -----------------------------------------------------------------------------------
 step "cargo build --release"

@@ -8,17 +8,26 @@ use std::path::{Path, PathBuf};
 /// The environment variable that names the agent's socket.
 pub const SOCK_ENV: &str = "JWT_AGENT_SOCK";
 
-/// The socket path: `explicit` (from `--socket`), else `$JWT_AGENT_SOCK`, else
-/// `$XDG_RUNTIME_DIR/jwt-agent/agent.sock`, else `/tmp/jwt-agent-$UID/agent.sock`. Made absolute,
-/// so that the path `start` prints works from any folder.
+/// The socket path: `explicit` (from `--socket`), else `$JWT_AGENT_SOCK`, else the default
+/// folder's `agent.sock` ([`default_socket`]). Made absolute, so that the path `start` prints
+/// works from any folder.
 pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
     let env_path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let path = explicit
-        .map(Path::to_path_buf)
-        .or_else(|| env_path(SOCK_ENV))
-        .or_else(|| env_path("XDG_RUNTIME_DIR").map(|dir| dir.join("jwt-agent/agent.sock")))
-        .unwrap_or_else(|| PathBuf::from(format!("/tmp/jwt-agent-{}/agent.sock", euid())));
+    let path = explicit.map(Path::to_path_buf).or_else(|| env_path(SOCK_ENV)).unwrap_or_else(|| {
+        default_socket(cfg!(target_os = "macos"), env_path("XDG_RUNTIME_DIR"), env_path("TMPDIR"), euid())
+    });
     std::path::absolute(&path).unwrap_or(path)
+}
+
+/// `$XDG_RUNTIME_DIR/jwt-agent/agent.sock`; without it on macOS `$TMPDIR/jwt-agent/agent.sock`
+/// (a per-user folder there, as `/var/folders/.../T/`), elsewhere and else
+/// `/tmp/jwt-agent-$UID/agent.sock`.
+pub fn default_socket(macos: bool, runtime: Option<PathBuf>, tmpdir: Option<PathBuf>, uid: u32) -> PathBuf {
+    match (runtime, tmpdir) {
+        (Some(runtime), _) => runtime.join("jwt-agent/agent.sock"),
+        (None, Some(tmpdir)) if macos => tmpdir.join("jwt-agent/agent.sock"),
+        _ => PathBuf::from(format!("/tmp/jwt-agent-{uid}/agent.sock")),
+    }
 }
 
 /// The effective uid of this process.
@@ -90,6 +99,24 @@ pub fn prepare_socket_dir(socket: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_socket_is_in_the_users_own_runtime_or_temp_folder() {
+        let some = |p: &str| Some(PathBuf::from(p));
+        let tmpdir = some("/var/folders/zz/abc/T");
+        assert_eq!(
+            default_socket(false, some("/run/user/501"), tmpdir.clone(), 501),
+            Path::new("/run/user/501/jwt-agent/agent.sock")
+        );
+        // macOS has no XDG_RUNTIME_DIR; its TMPDIR is the user's own.
+        assert_eq!(
+            default_socket(true, None, tmpdir.clone(), 501),
+            Path::new("/var/folders/zz/abc/T/jwt-agent/agent.sock")
+        );
+        // Elsewhere TMPDIR may be shared (/tmp), so it is not taken.
+        assert_eq!(default_socket(false, None, tmpdir, 501), Path::new("/tmp/jwt-agent-501/agent.sock"));
+        assert_eq!(default_socket(true, None, None, 501), Path::new("/tmp/jwt-agent-501/agent.sock"));
+    }
 
     #[test]
     fn ids_by_number_or_name() {

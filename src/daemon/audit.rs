@@ -9,7 +9,24 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Who sent a request, from `SO_PEERCRED` and `/proc`.
+/// The executable of process `pid`: `/proc/PID/exe` on Linux, `proc_pidpath` on macOS.
+#[cfg(not(target_os = "macos"))]
+fn executable(pid: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+#[cfg(target_os = "macos")]
+fn executable(pid: i32) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buffer = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: the buffer is valid for writes of its length, which is what proc_pidpath is told.
+    let len = unsafe { libc::proc_pidpath(pid, buffer.as_mut_ptr().cast(), buffer.len() as u32) };
+    let len = usize::try_from(len).ok().filter(|&len| len > 0)?;
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&buffer[..len])))
+}
+
+/// Who sent a request, from the peer credentials (`SO_PEERCRED`; `getpeereid` and
+/// `LOCAL_PEERPID` on macOS) and the executable's path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Peer {
     pub uid: u32,
@@ -23,9 +40,7 @@ impl Peer {
     /// The peer of a connection: uid and pid as the kernel reported them, and the executable
     /// behind the pid.
     pub fn new(uid: u32, pid: Option<i32>) -> Peer {
-        let exe = pid
-            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
-            .map(|path| path.display().to_string());
+        let exe = pid.and_then(executable).map(|path| path.display().to_string());
         Peer { uid, pid, exe }
     }
 }

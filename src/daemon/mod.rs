@@ -5,6 +5,8 @@ pub mod audit;
 pub mod cache;
 mod connection;
 mod harden;
+#[cfg(target_os = "macos")]
+mod launchd;
 mod limits;
 mod listener;
 mod ops;
@@ -88,11 +90,21 @@ pub enum DaemonError {
     Token(#[from] crate::token::TokenError),
 }
 
+/// The listening socket a service manager passed, and which one: systemd (`LISTEN_FDS`) or,
+/// on macOS, launchd (`launch_activate_socket`).
+fn passed_listener() -> Result<Option<(std::os::unix::net::UnixListener, &'static str)>, String> {
+    #[cfg(target_os = "macos")]
+    if let Some(listener) = launchd::passed_listener()? {
+        return Ok(Some((listener, "launchd")));
+    }
+    Ok(systemd::passed_listener()?.map(|listener| (listener, "systemd")))
+}
+
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or a `stop` request.
 pub fn run(mut options: Options) -> Result<(), DaemonError> {
     harden::process();
-    // A socket systemd passed is used as it is; it stays when the daemon stops.
-    let passed = systemd::passed_listener().map_err(DaemonError::Setup)?;
+    // A socket systemd or launchd passed is used as it is; it stays when the daemon stops.
+    let passed = passed_listener().map_err(DaemonError::Setup)?;
     if passed.is_none() {
         // Refuse a live socket before touching the token, so a second daemon costs no PIN try.
         listener::check_free(&options.socket).map_err(DaemonError::Setup)?;
@@ -134,12 +146,12 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
     let agent = Arc::new(Agent::new(pool, options.policy.clone(), audit));
     let served = runtime.block_on(async {
         let listener = match passed {
-            Some(listener) => {
+            Some((listener, by)) => {
                 let listener = UnixListener::from_std(listener).map_err(|e| e.to_string())?;
                 let path =
                     listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
                 crate::info!(
-                    "listening on {} (passed by systemd)",
+                    "listening on {} (passed by {by})",
                     path.as_deref().unwrap_or("a passed socket")
                 );
                 listener

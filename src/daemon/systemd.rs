@@ -34,13 +34,14 @@ pub fn notify(state: &str) {
     let Ok(socket) = UnixDatagram::unbound() else { return };
     let path = path.to_string_lossy();
     let sent = match path.strip_prefix('@') {
-        // An abstract socket name.
+        // An abstract socket name (Linux has them; elsewhere systemd does not run).
+        #[cfg(target_os = "linux")]
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
             std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
                 .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
         }
-        None => socket.send_to(state.as_bytes(), &*path),
+        _ => socket.send_to(state.as_bytes(), &*path),
     };
     if let Err(e) = sent {
         crate::warn!("cannot notify systemd ({state}): {e}");
