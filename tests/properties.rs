@@ -64,13 +64,15 @@ fn request() -> impl Strategy<Value = Request> {
             "-----BEGIN PRIVATE KEY-----\n[A-Za-z0-9+/]{8,64}\n-----END PRIVATE KEY-----\n",
             prop::option::of("[a-z]{1,8}"),
             prop::option::of("[A-Z0-9]{1,10}"),
-            hex()
+            hex(),
+            prop::option::of("[a-z]{1,8}@[a-z]{1,8}\\.iam\\.gserviceaccount\\.com")
         )
-            .prop_map(|(pem, label, kid, id)| Request::Import(ImportRequest {
+            .prop_map(|(pem, label, kid, id, iss)| Request::Import(ImportRequest {
                 pkcs8_pem: SecretText(pem.into()),
                 label,
                 kid,
-                id
+                id,
+                iss
             })),
         (
             "[a-z]{1,12}",
@@ -132,7 +134,7 @@ proptest! {
             "sign_input" => &["key", "input"],
             "sign" => &["key", "preset", "header", "claims", "ttl", "fresh"],
             "pubkey" => &["key", "format"],
-            "import" => &["pkcs8_pem", "label", "kid", "id"],
+            "import" => &["pkcs8_pem", "label", "kid", "id", "iss"],
             "generate" => &["label", "alg", "id", "bits"],
             "unlock" => &["pin"],
             _ => &[],

@@ -16,8 +16,9 @@ use zeroize::Zeroizing;
 pub struct ImportArgs {
     #[command(flatten)]
     socket: SocketArgs,
-    /// PKCS#8 PEM private key, such as Apple's AuthKey_ABC123DEFG.p8
-    #[arg(value_name = "FILE.p8")]
+    /// The private key: PEM (PKCS#8 such as Apple's AuthKey_ABC123DEFG.p8, PKCS#1 RSA, SEC1 EC)
+    /// or a Google service-account JSON key file
+    #[arg(value_name = "FILE")]
     file: PathBuf,
     /// Label on the token [default: ABC123DEFG for AuthKey_ABC123DEFG.p8, else the file's name]
     #[arg(long, value_name = "LABEL")]
@@ -90,16 +91,21 @@ pub struct VerifyArgs {
     config: Option<PathBuf>,
 }
 
-/// `jwt-agent import FILE.p8`.
+/// `jwt-agent import FILE`.
 pub fn import(args: ImportArgs) -> Result<(), Failure> {
-    let pem = std::fs::read_to_string(&args.file)
+    let text = std::fs::read_to_string(&args.file)
         .map(Zeroizing::new)
         .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot read {}: {e}", args.file.display())))?;
-    let from_name = apple_key_id(&args.file);
+    let (pem, from_file, iss) = if text.trim_start().starts_with('{') {
+        let account = google_key_file(&text).map_err(|e| Failure::new(EXIT_REFUSED, e))?;
+        (account.private_key, Some(account.private_key_id), Some(account.client_email))
+    } else {
+        (text, apple_key_id(&args.file), None)
+    };
     let label =
-        args.label.or_else(|| from_name.clone()).or_else(|| args.kid.clone()).or_else(|| stem(&args.file));
-    let kid = args.kid.or(from_name);
-    let request = ImportRequest { pkcs8_pem: SecretText(pem), label, kid, id: args.id };
+        args.label.or_else(|| from_file.clone()).or_else(|| args.kid.clone()).or_else(|| stem(&args.file));
+    let kid = args.kid.or(from_file);
+    let request = ImportRequest { pkcs8_pem: SecretText(pem), label, kid, id: args.id, iss };
     let key = connect(&args.socket)?.import(request)?;
     print_line(&format!(
         "Imported {} into the token as a non-extractable key.\nThe token holds the key now; destroy the file:\n  shred -u {}",
@@ -195,6 +201,40 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     print_line(&serde_json::to_string_pretty(&out).expect("a JSON value serializes"))
 }
 
+/// What `import` takes from a Google service-account key file.
+struct GoogleAccount {
+    private_key: Zeroizing<String>,
+    private_key_id: String,
+    client_email: String,
+}
+
+/// Reads a Google service-account JSON key file: its PKCS#8 `private_key`, whose
+/// `private_key_id` becomes the label and kid, and its `client_email`, the Google presets' iss.
+fn google_key_file(text: &str) -> Result<GoogleAccount, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the JSON key file does not parse: {e}"))?;
+    let field = |value: &serde_json::Value, name: &str| {
+        value.get(name).and_then(serde_json::Value::as_str).map(str::to_owned)
+    };
+    let kind = field(&value, "type");
+    let found = (field(&value, "private_key_id"), field(&value, "client_email"));
+    let private_key = value.get_mut("private_key").map(serde_json::Value::take);
+    let private_key = match private_key {
+        Some(serde_json::Value::String(pem)) => Zeroizing::new(pem),
+        _ => return Err("the JSON file has no private_key: is it a service account's key file?".into()),
+    };
+    crate::jwt::json::wipe(value);
+    match (kind.as_deref(), found) {
+        (Some("service_account"), (Some(private_key_id), Some(client_email))) => {
+            Ok(GoogleAccount { private_key, private_key_id, client_email })
+        }
+        _ => {
+            Err("the JSON file is not a service account's key file (type, private_key_id, client_email)"
+                .into())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +245,18 @@ mod tests {
         assert_eq!(apple_key_id(Path::new("AuthKey_.p8")), None);
         assert_eq!(apple_key_id(Path::new("key.pem")), None);
         assert_eq!(stem(Path::new("/x/release.pem")).as_deref(), Some("release"));
+    }
+
+    #[test]
+    fn google_key_files_give_key_label_and_email() {
+        let file = r#"{"type": "service_account", "project_id": "p", "private_key_id": "abc123",
+            "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "client_email": "ci@p.iam.gserviceaccount.com"}"#;
+        let account = google_key_file(file).unwrap();
+        assert_eq!(account.private_key_id, "abc123");
+        assert_eq!(account.client_email, "ci@p.iam.gserviceaccount.com");
+        assert!(account.private_key.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert!(google_key_file(r#"{"type": "authorized_user", "private_key": "x"}"#).is_err());
+        assert!(google_key_file("{").err().is_some_and(|e| e.contains("does not parse")));
     }
 }

@@ -151,7 +151,9 @@ struct SignArgs {
     #[arg(long, value_name = "KEY")]
     key: String,
     /// Fill and check the token for a service: app-store-connect, app-store-server, apns,
-    /// sign-in-with-apple, weatherkit, musickit, or a [presets.NAME] of the daemon's config
+    /// sign-in-with-apple, weatherkit, musickit, github-app, google-service-account,
+    /// oauth-client-assertion, snowflake, salesforce, docusign, firebase-custom-token, or a
+    /// [presets.NAME] of the daemon's config
     /// [default: the key's preset in the config]
     #[arg(long, value_name = "NAME")]
     preset: Option<PresetName>,
@@ -173,7 +175,8 @@ struct SignArgs {
     /// Claim `bid`: the app's bundle ID (App Store Server API)
     #[arg(long, value_name = "BUNDLE_ID", allow_hyphen_values = true)]
     bid: Option<String>,
-    /// Claim `scope`: one App Store Connect request, such as "GET /v1/apps" (repeatable)
+    /// Claim `scope`: one App Store Connect request, such as "GET /v1/apps", or one OAuth scope
+    /// (repeatable)
     #[arg(long, value_name = "S")]
     scope: Vec<String>,
     /// Lifetime: sets `exp` to `iat` plus this (90s, 20m, 1h, 180d); without it a preset's

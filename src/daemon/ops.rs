@@ -75,14 +75,14 @@ impl Agent {
     }
 
     pub(super) async fn import(&self, request: ImportRequest, record: &mut Record) -> Result<Done, Failed> {
-        let ImportRequest { pkcs8_pem, label, kid, id } = request;
+        let ImportRequest { pkcs8_pem, label, kid, id, iss } = request;
         record.key = label.clone().or_else(|| kid.clone());
         let key = crate::key::file::parse_pem(&pkcs8_pem.0)
             .map_err(|e| Failed::bad_request(format!("{e}; nothing was created")))?;
         drop(pkcs8_pem);
         let label =
             label.or_else(|| kid.clone()).ok_or_else(|| Failed::bad_request("give the key a label"))?;
-        self.create(NewKey::Import { key, label, id: id.map(|id| id.0), kid }, record).await
+        self.create(NewKey::Import { key, label, id: id.map(|id| id.0), kid, iss }, record).await
     }
 
     pub(super) async fn generate(

@@ -21,6 +21,10 @@ pub struct KeyView<'a> {
     pub alg: Alg,
     /// Every algorithm the key can sign.
     pub algs: &'a [Alg],
+    /// `SHA256:` and the base64 SHA-256 of the public key's SPKI, as `keys` shows it.
+    pub fingerprint: Option<&'a str>,
+    /// The `iss` stored with the key (a Google service account's `client_email`).
+    pub iss: Option<&'a str>,
 }
 
 /// A `sign` request's content.
@@ -89,24 +93,23 @@ pub fn mint(ask: Ask, key: &KeyView, policy: &Policy, uid: u32, now: u64) -> Res
         None => None,
     };
     let (mut header, mut claims) = (ask.header.clone(), ask.claims.clone());
-    if let Some(defaults) = defaults {
-        if let Some(kid) = &defaults.kid {
-            header.entry("kid").or_insert_with(|| Value::from(kid.as_str()));
-        }
-        // An individual App Store Connect key has sub "user" and no iss; so has a plain token
-        // asked for with that sub.
-        let takes_iss = match &preset {
-            Some(preset) => preset.takes_default_iss(&claims),
-            None => claims.get("sub").and_then(Value::as_str) != Some("user"),
-        };
-        if let Some(iss) = &defaults.iss
-            && takes_iss
-        {
-            claims.entry("iss").or_insert_with(|| Value::from(iss.as_str()));
-        }
+    if let Some(kid) = defaults.and_then(|d| d.kid.as_deref()) {
+        header.entry("kid").or_insert_with(|| Value::from(kid));
+    }
+    // An individual App Store Connect key has sub "user" and no iss; so has a plain token
+    // asked for with that sub.
+    let takes_iss = match &preset {
+        Some(preset) => preset.takes_default_iss(&claims),
+        None => claims.get("sub").and_then(Value::as_str) != Some("user"),
+    };
+    // The config's iss, else the one stored with the key (a Google service account's email).
+    if let Some(iss) = defaults.and_then(|d| d.iss.as_deref()).or(key.iss)
+        && takes_iss
+    {
+        claims.entry("iss").or_insert_with(|| Value::from(iss));
     }
     match &preset {
-        Some(preset) => preset.fill(&mut header, &mut claims, ask.ttl, key.kid, now)?,
+        Some(preset) => preset.fill(&mut header, &mut claims, ask.ttl, key.kid, key.fingerprint, now)?,
         None => {
             // The kid `keys` shows and the JWKS publishes, so verifiers can find the key.
             if let Some(kid) = key.kid {
@@ -197,7 +200,7 @@ mod tests {
     const RSA: &[Alg] = &[Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512];
 
     fn key(label: &'static str) -> KeyView<'static> {
-        KeyView { label, kid: Some("KID1"), alg: Alg::Es256, algs: P256 }
+        KeyView { label, kid: Some("KID1"), alg: Alg::Es256, algs: P256, fingerprint: None, iss: None }
     }
 
     fn policy(toml: &str) -> Policy {
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn the_alg_is_the_keys_or_one_it_signs() {
-        let rsa = KeyView { label: "r", kid: None, alg: Alg::Rs256, algs: RSA };
+        let rsa = KeyView { label: "r", kid: None, alg: Alg::Rs256, algs: RSA, fingerprint: None, iss: None };
         let claims = Map::new();
         let header = object(json!({"alg": "PS384"}));
         assert_eq!(mint(ask(&header, &claims), &rsa, &policy(""), 0, NOW).unwrap().alg, Alg::Ps384);

@@ -58,7 +58,6 @@ impl PrivateKey {
 /// Why a key file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFileError {
-    /// Not PEM at all.
     #[error("the file is not PEM; an Apple .p8 file starts with -----BEGIN PRIVATE KEY-----")]
     NotPem,
     /// An encrypted PKCS#8 file.
@@ -69,13 +68,13 @@ pub enum KeyFileError {
     /// A PEM of something else than a private key.
     #[error("the file holds a {0}, not a private key")]
     NotPrivateKey(String),
-    /// A traditional (non-PKCS#8) private key.
+    /// A private key in a form this agent does not read (OpenSSH's).
     #[error(
-        "the file holds a {0}, not PKCS#8; convert it with `openssl pkcs8 -topk8 -nocrypt` into a private folder, import that, and shred both"
+        "the file holds an {0}; convert it to PKCS#8 with `ssh-keygen -p -m PKCS8 -f COPY` on a copy in a private folder, import that, and shred both"
     )]
     NotPkcs8(String),
     /// The DER does not parse.
-    #[error("the PKCS#8 key is malformed: {0}")]
+    #[error("the key is malformed: {0}")]
     Malformed(String),
     /// An RSA key too weak to import, or larger than tokens and verifiers take.
     #[error("{0}")]
@@ -88,17 +87,53 @@ pub enum KeyFileError {
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
-/// Reads a PKCS#8 PEM private key.
+/// Reads a PEM private key: PKCS#8 (`PRIVATE KEY`: Apple's `.p8`, Snowflake, Google), PKCS#1
+/// (`RSA PRIVATE KEY`: GitHub Apps, DocuSign) or SEC1 (`EC PRIVATE KEY`).
 pub fn parse_pem(text: &str) -> Result<PrivateKey, KeyFileError> {
     let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes()).map_err(|_| KeyFileError::NotPem)?;
     let der = Zeroizing::new(der);
     match label {
         "PRIVATE KEY" => parse_der(&der),
+        "RSA PRIVATE KEY" => rsa(&der),
+        "EC PRIVATE KEY" => sec1(&der),
         "ENCRYPTED PRIVATE KEY" => Err(KeyFileError::Encrypted),
-        "EC PRIVATE KEY" | "RSA PRIVATE KEY" | "OPENSSH PRIVATE KEY" => {
-            Err(KeyFileError::NotPkcs8(label.to_lowercase()))
-        }
+        "OPENSSH PRIVATE KEY" => Err(KeyFileError::NotPkcs8(label.to_lowercase())),
         other => Err(KeyFileError::NotPrivateKey(other.to_lowercase())),
+    }
+}
+
+/// A SEC1 `ECPrivateKey` (RFC 5915), whose named curve says which it is.
+fn sec1(der: &[u8]) -> Result<PrivateKey, KeyFileError> {
+    use p256::elliptic_curve::SecretKey;
+    let secret = |bytes: &mut [u8]| {
+        let copy = Zeroizing::new(bytes.to_vec());
+        bytes.zeroize();
+        copy
+    };
+    // Each curve's decoder refuses a key whose parameters name another curve.
+    if let Ok(key) = SecretKey::<p256::NistP256>::from_sec1_der(der) {
+        return Ok(PrivateKey::Ec {
+            curve: Curve::P256,
+            scalar: secret(&mut key.to_bytes()),
+            public: PublicKey::P256(key.public_key()),
+        });
+    }
+    if let Ok(key) = SecretKey::<p384::NistP384>::from_sec1_der(der) {
+        return Ok(PrivateKey::Ec {
+            curve: Curve::P384,
+            scalar: secret(&mut key.to_bytes()),
+            public: PublicKey::P384(key.public_key()),
+        });
+    }
+    match SecretKey::<p521::NistP521>::from_sec1_der(der) {
+        Ok(key) => Ok(PrivateKey::Ec {
+            curve: Curve::P521,
+            scalar: secret(&mut key.to_bytes()),
+            public: PublicKey::P521(key.public_key()),
+        }),
+        Err(_) => Err(KeyFileError::Malformed(
+            "the EC PRIVATE KEY is not a P-256, P-384 or P-521 key in SEC1 form".into(),
+        )),
     }
 }
 
@@ -211,7 +246,9 @@ mod tests {
         assert_eq!(parse_pem("hello").err(), Some(KeyFileError::NotPem));
         let pem = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
         assert_eq!(parse_pem(&pem("ENCRYPTED PRIVATE KEY")).err(), Some(KeyFileError::Encrypted));
-        assert!(matches!(parse_pem(&pem("EC PRIVATE KEY")), Err(KeyFileError::NotPkcs8(_))));
+        assert!(matches!(parse_pem(&pem("EC PRIVATE KEY")), Err(KeyFileError::Malformed(_))));
+        assert!(matches!(parse_pem(&pem("RSA PRIVATE KEY")), Err(KeyFileError::Malformed(_))));
+        assert!(matches!(parse_pem(&pem("OPENSSH PRIVATE KEY")), Err(KeyFileError::NotPkcs8(_))));
         assert!(matches!(parse_pem(&pem("PUBLIC KEY")), Err(KeyFileError::NotPrivateKey(_))));
         assert!(matches!(parse_pem(&pem("CERTIFICATE")), Err(KeyFileError::NotPrivateKey(_))));
         assert!(matches!(parse_pem(&pem("PRIVATE KEY")), Err(KeyFileError::Malformed(_))));
@@ -231,6 +268,19 @@ mod tests {
         assert!(check_rsa_size(&n(16384), &f4).unwrap_err().to_string().contains("16384 bits"));
         assert!(check_rsa_size(&n(2048), &[3]).unwrap_err().to_string().contains("exponent is 3"));
         assert!(check_rsa_size(&n(2048), &[0, 1, 0, 0]).unwrap_err().to_string().contains("65536"));
+    }
+
+    #[test]
+    fn reads_sec1_keys_of_each_curve() {
+        use p256::elliptic_curve::SecretKey;
+        let p256 = SecretKey::<p256::NistP256>::from_slice(&[5u8; 32]).unwrap();
+        let pem = p256.to_sec1_pem(pkcs8::LineEnding::LF).unwrap();
+        let PrivateKey::Ec { curve, public, .. } = parse_pem(&pem).unwrap() else { panic!("not EC") };
+        assert_eq!((curve, public), (Curve::P256, PublicKey::P256(p256.public_key())));
+        let p384 = SecretKey::<p384::NistP384>::from_slice(&[5u8; 48]).unwrap();
+        let pem = p384.to_sec1_pem(pkcs8::LineEnding::LF).unwrap();
+        let PrivateKey::Ec { curve, public, .. } = parse_pem(&pem).unwrap() else { panic!("not EC") };
+        assert_eq!((curve, public), (Curve::P384, PublicKey::P384(p384.public_key())));
     }
 
     #[test]

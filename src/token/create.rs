@@ -3,7 +3,7 @@
 //! signing only; a failure part-way destroys what was created.
 
 use super::TokenError;
-use super::keys::{self, ALG_APPLICATION, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
+use super::keys::{self, ALG_APPLICATION, ISS_APPLICATION, KID_APPLICATION, RSA_PKCS1, RSA_PSS};
 use crate::jwt::{Alg, Family};
 use crate::key::file::PrivateKey;
 use crate::key::{Curve, PublicKey};
@@ -25,6 +25,8 @@ pub enum NewKey {
         id: Option<Vec<u8>>,
         /// The key's `kid`; default: the label.
         kid: Option<String>,
+        /// The `iss` its tokens get by default.
+        iss: Option<String>,
     },
     /// A key pair generated inside the token.
     Generate {
@@ -79,7 +81,7 @@ fn check_mechanisms(new: &NewKey, offered: &[MechanismType]) -> Result<(), Token
 pub fn create(session: &Session, new: &NewKey, offered: &[MechanismType]) -> Result<String, TokenError> {
     check_mechanisms(new, offered)?;
     let (label, id) = match new {
-        NewKey::Import { key, label, id, kid: _ } => {
+        NewKey::Import { key, label, id, .. } => {
             (label, id.clone().unwrap_or_else(|| Sha256::digest(key.public().to_spki_der())[..8].to_vec()))
         }
         NewKey::Generate { label, id, .. } => {
@@ -94,12 +96,17 @@ pub fn create(session: &Session, new: &NewKey, offered: &[MechanismType]) -> Res
     }
     let mut created = Vec::new();
     let result = match new {
-        NewKey::Import { key, kid, .. } => import(session, key, label, &id, &mut created).and_then(|()| {
-            match kid.as_deref().filter(|kid| kid != label) {
-                Some(kid) => store(session, KID_APPLICATION, label, kid, &mut created),
-                None => Ok(()),
-            }
-        }),
+        NewKey::Import { key, kid, iss, .. } => {
+            import(session, key, label, &id, &mut created).and_then(|()| {
+                if let Some(kid) = kid.as_deref().filter(|kid| kid != label) {
+                    store(session, KID_APPLICATION, label, kid, &mut created)?;
+                }
+                match iss {
+                    Some(iss) => store(session, ISS_APPLICATION, label, iss, &mut created),
+                    None => Ok(()),
+                }
+            })
+        }
         NewKey::Generate { alg, bits, .. } => {
             generate(session, *alg, *bits, label, &id, &mut created).and_then(|public| {
                 store(session, KID_APPLICATION, label, &public.thumbprint(), &mut created)?;

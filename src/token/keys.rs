@@ -13,6 +13,9 @@ use cryptoki::session::Session;
 
 /// `CKA_APPLICATION` of the data object that holds a key's `kid` when it is not its label.
 pub const KID_APPLICATION: &[u8] = b"jwt-agent kid";
+/// `CKA_APPLICATION` of the data object that holds the `iss` a key's tokens get by default (a
+/// Google service account's `client_email`).
+pub const ISS_APPLICATION: &[u8] = b"jwt-agent iss";
 /// `CKA_APPLICATION` of the data object that binds an RSA key to the one algorithm it was
 /// generated for.
 pub const ALG_APPLICATION: &[u8] = b"jwt-agent alg";
@@ -46,6 +49,8 @@ pub struct Key {
     pub algs: Vec<Alg>,
     /// What `keys` says of it.
     pub info: KeyInfo,
+    /// The `iss` stored with it, if any.
+    pub iss: Option<String>,
 }
 
 impl Key {
@@ -64,7 +69,14 @@ impl Key {
 
     /// What minting needs to know of the key.
     pub fn view(&self) -> KeyView<'_> {
-        KeyView { label: &self.info.label, kid: self.info.kid.as_deref(), alg: self.alg, algs: &self.algs }
+        KeyView {
+            label: &self.info.label,
+            kid: self.info.kid.as_deref(),
+            alg: self.alg,
+            algs: &self.algs,
+            fingerprint: self.info.fingerprint.as_deref(),
+            iss: self.iss.as_deref(),
+        }
     }
 
     /// The algorithm its JWK names: the key's one algorithm, if it has one.
@@ -209,6 +221,7 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
         None => a.label.clone(),
     };
     let bound = stored(session, ALG_APPLICATION, &a.label)?.and_then(|name| Alg::from_name(&name));
+    let iss = stored(session, ISS_APPLICATION, &a.label)?;
     let mut key = Key {
         handle,
         kind,
@@ -218,6 +231,7 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
         alg: Alg::Es256,
         algs: Vec::new(),
         info: KeyInfo { label: a.label, id: hex(&a.id), alg: None, kid: Some(kid), fingerprint: None },
+        iss,
     };
     key.algs = Alg::ALL.into_iter().filter(|alg| key.signs(*alg)).collect();
     key.alg = default_alg(&key);

@@ -134,6 +134,7 @@ mod tests {
             alg: Alg::Es256,
             algs: vec![],
             info: KeyInfo { label: "k".into(), id: String::new(), alg: None, kid: None, fingerprint: None },
+            iss: None,
         }
     }
 

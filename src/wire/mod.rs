@@ -124,7 +124,8 @@ pub enum PubkeyFormat {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
-    /// The private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    /// The private key, PEM: PKCS#8 (`-----BEGIN PRIVATE KEY-----`, the field's name), PKCS#1
+    /// (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
     pub pkcs8_pem: SecretText,
     /// `CKA_LABEL` of the new key; default: the kid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +136,10 @@ pub struct ImportRequest {
     /// `CKA_ID`, hex on the wire; default: derived from the public key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Hex>,
+    /// The `iss` the key's tokens get by default (a Google service account's `client_email`),
+    /// kept on the token with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 impl std::fmt::Debug for ImportRequest {
@@ -143,6 +148,7 @@ impl std::fmt::Debug for ImportRequest {
             .field("label", &self.label)
             .field("kid", &self.kid)
             .field("id", &self.id)
+            .field("iss", &self.iss)
             .finish_non_exhaustive()
     }
 }

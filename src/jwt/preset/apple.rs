@@ -183,7 +183,7 @@ mod tests {
         let mut header = Map::new();
         let mut claims = claims.as_object().unwrap().clone();
         let ttl = ttl.map(|secs| Ttl::from_secs(secs).unwrap());
-        preset.fill(&mut header, &mut claims, ttl, Some("ABC123DEFG"), NOW)?;
+        preset.fill(&mut header, &mut claims, ttl, Some("ABC123DEFG"), None, NOW)?;
         Ok((Value::Object(header), Value::Object(claims)))
     }
 
@@ -282,7 +282,7 @@ mod tests {
         let error = presets
             .get("apns")
             .unwrap()
-            .fill(&mut header, &mut Map::new(), None, Some("k"), NOW)
+            .fill(&mut header, &mut Map::new(), None, Some("k"), None, NOW)
             .unwrap_err();
         assert!(error.to_string().contains("ES256"), "{error}");
     }

@@ -5,6 +5,7 @@
 //! `verify --preset`.
 
 mod apple;
+mod services;
 
 use super::alg::Alg;
 use super::time::{MAX_IAT_AHEAD_SECS, Ttl};
@@ -99,6 +100,24 @@ pub enum Rule {
     Scopes,
     /// WeatherKit: the header's `id` is `TEAMID.SERVICEID`, the `iss` and the `sub`.
     IdOfIssAndSub,
+    /// `sub` is `iss` (a client or service account speaking for itself): filled in from `iss`.
+    SubIsIss,
+    /// A `jti` of 128 fresh random bits, so that the service can refuse a replay.
+    FreshJti,
+    /// Google: an OAuth grant (`scope`, joined by spaces, and the token endpoint as `aud`), or a
+    /// self-signed JWT for one API (`aud` its URL, `sub` = `iss`); never both.
+    GoogleScopeOrAud,
+    /// Snowflake: `sub` is `ACCOUNT.USER` in capitals, `iss` that and the key's fingerprint.
+    Snowflake,
+    /// `aud` is one of these, or (with `url`) any https URL, as a Salesforce community's.
+    AudOneOf {
+        /// The audiences the service takes.
+        audiences: &'static [&'static str],
+        /// Whether another https URL is taken too.
+        url: bool,
+    },
+    /// Firebase: a `uid` of 1 to 128 characters, and `claims`, if given, an object.
+    FirebaseUid,
     /// A claim that, when present, is a list of strings (MusicKit's `origin`).
     StringList {
         claim: &'static str,
@@ -141,6 +160,7 @@ impl Preset {
         claims: &mut Map<String, Value>,
         ttl: Option<Ttl>,
         key_kid: Option<&str>,
+        key_fingerprint: Option<&str>,
         now: u64,
     ) -> Result<(), PresetError> {
         if let Some(alg) = self.alg {
@@ -190,7 +210,7 @@ impl Preset {
             claims.entry(name.as_str()).or_insert_with(|| value.clone());
         }
         for rule in &self.rules {
-            rule.fill(header, claims);
+            rule.fill(header, claims, key_fingerprint).map_err(|rule| self.error(rule))?;
         }
         self.check(header, claims, now)
     }
@@ -281,12 +301,34 @@ impl Preset {
 }
 
 impl Rule {
-    fn fill(self, header: &mut Map<String, Value>, claims: &Map<String, Value>) {
-        if self == Rule::IdOfIssAndSub
-            && let (Some(iss), Some(sub)) = (non_empty(claims, "iss"), non_empty(claims, "sub"))
-        {
-            header.entry("id").or_insert_with(|| Value::from(format!("{iss}.{sub}")));
+    fn fill(
+        self,
+        header: &mut Map<String, Value>,
+        claims: &mut Map<String, Value>,
+        key_fingerprint: Option<&str>,
+    ) -> Result<(), String> {
+        match self {
+            Rule::IdOfIssAndSub => {
+                if let (Some(iss), Some(sub)) = (non_empty(claims, "iss"), non_empty(claims, "sub")) {
+                    header.entry("id").or_insert_with(|| Value::from(format!("{iss}.{sub}")));
+                }
+            }
+            Rule::SubIsIss => {
+                if let Some(iss) = non_empty(claims, "iss").map(str::to_owned) {
+                    claims.entry("sub").or_insert_with(|| Value::from(iss));
+                }
+            }
+            Rule::FreshJti => {
+                if claims.contains_key("jti") {
+                    return Err("the agent sets jti, fresh for every assertion".into());
+                }
+                claims.insert("jti".into(), Value::from(services::fresh_jti()?));
+            }
+            Rule::GoogleScopeOrAud => services::google_fill(claims),
+            Rule::Snowflake => services::snowflake_fill(claims, key_fingerprint)?,
+            _ => {}
         }
+        Ok(())
     }
 
     fn check(self, header: &Map<String, Value>, claims: &Map<String, Value>) -> Result<(), String> {
@@ -314,6 +356,19 @@ impl Rule {
                     Err(format!("the header's id must be TEAMID.SERVICEID, {want:?}"))
                 }
             }
+            Rule::SubIsIss => match (non_empty(claims, "iss"), non_empty(claims, "sub")) {
+                (Some(iss), Some(sub)) if iss == sub => Ok(()),
+                (Some(_), Some(_)) => Err("sub must be the same as iss (the client's own ID)".into()),
+                _ => Err("iss and sub (the client ID) are required".into()),
+            },
+            Rule::FreshJti => match non_empty(claims, "jti") {
+                Some(jti) if jti.len() >= 16 => Ok(()),
+                _ => Err("the token needs a jti of at least 16 characters, unique per assertion".into()),
+            },
+            Rule::GoogleScopeOrAud => services::google_check(claims),
+            Rule::Snowflake => services::snowflake_check(claims),
+            Rule::AudOneOf { audiences, url } => services::aud_one_of(claims, audiences, url),
+            Rule::FirebaseUid => services::firebase_check(claims),
             Rule::StringList { claim, items } => match claims.get(claim) {
                 Some(value) if !value.as_array().is_some_and(|v| v.iter().all(Value::is_string)) => {
                     Err(format!("{claim} must be a list of {items}"))
@@ -346,7 +401,8 @@ impl Default for Presets {
 
 impl Presets {
     pub fn builtin() -> Presets {
-        let by_name = apple::presets().into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        let all = apple::presets().into_iter().chain(services::presets());
+        let by_name = all.map(|p| (p.name.clone(), Arc::new(p))).collect();
         Presets { by_name }
     }
 
@@ -445,7 +501,7 @@ mod tests {
         claims.insert("iss".into(), Value::from("client"));
         claims.insert("sub".into(), Value::from("client"));
         let now = 1_800_000_000;
-        preset.fill(&mut header, &mut claims, None, Some("k"), now).unwrap();
+        preset.fill(&mut header, &mut claims, None, Some("k"), None, now).unwrap();
         assert_eq!(Value::Object(header), serde_json::json!({"alg": "RS256", "typ": "JWT"}));
         assert_eq!(claims["iat"], now - 60);
         assert_eq!(claims["exp"], now - 60 + 300);
@@ -453,12 +509,13 @@ mod tests {
         assert!(!preset.cache);
         let (mut header, mut claims) = (Map::new(), Map::new());
         claims.insert("iss".into(), Value::from("client"));
-        let error = preset.fill(&mut header, &mut claims, None, None, now).unwrap_err();
+        let error = preset.fill(&mut header, &mut claims, None, None, None, now).unwrap_err();
         assert_eq!(error.to_string(), "example: the sub claim is required");
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from("c"));
         claims.insert("sub".into(), Value::from("c"));
-        let error = preset.fill(&mut Map::new(), &mut claims, Some(Ttl::from_secs(7200).unwrap()), None, now);
+        let error =
+            preset.fill(&mut Map::new(), &mut claims, Some(Ttl::from_secs(7200).unwrap()), None, None, now);
         assert!(error.unwrap_err().to_string().contains("at most 1h"));
     }
 
