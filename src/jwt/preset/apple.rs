@@ -1,7 +1,7 @@
 //! Apple's services, one definition each: App Store Connect, App Store Server, APNs, Sign in
 //! with Apple, WeatherKit and MusicKit. docs/apple.md gives each one's rules and sources.
 
-use super::{Preset, Required, Rule};
+use super::{Preset, Required, Rule, fixed as claims, ttl};
 use crate::jwt::alg::Alg;
 use crate::jwt::time::Ttl;
 use serde_json::{Map, Value};
@@ -18,34 +18,9 @@ const SIX_MONTHS: u64 = 15_777_000;
 const BACKDATE: Ttl = ttl(30);
 const ASC_AUDIENCE: &str = "appstoreconnect-v1";
 
-const fn ttl(secs: u64) -> Ttl {
-    Ttl::of(secs)
-}
-
 /// What every Apple preset shares: ES256, the key's kid, iat backdated 30 s.
 fn apple(name: &str) -> Preset {
-    Preset {
-        name: name.to_owned(),
-        alg: Some(Alg::Es256),
-        typ: None,
-        kid: true,
-        header: Map::new(),
-        claims: Map::new(),
-        required: Vec::new(),
-        forbidden: Vec::new(),
-        only: None,
-        ttl: None,
-        exp: true,
-        max_ttl: None,
-        backdate: Some(BACKDATE),
-        cache: true,
-        reuse: None,
-        rules: Vec::new(),
-    }
-}
-
-fn claims(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs.iter().map(|(name, value)| ((*name).to_owned(), Value::from(*value))).collect()
+    Preset { alg: Some(Alg::Es256), backdate: Some(BACKDATE), ..Preset::named(name) }
 }
 
 fn team_id() -> Required {

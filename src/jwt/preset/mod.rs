@@ -140,6 +140,29 @@ impl Preset {
         PresetError { preset: self.name.clone(), rule: rule.into() }
     }
 
+    /// A preset called `name` with the defaults a `[presets.NAME]` table has: the key's alg and
+    /// kid, `iat` now, an `exp`, cached; the built-in definitions start from it.
+    fn named(name: &str) -> Preset {
+        Preset {
+            name: name.to_owned(),
+            alg: None,
+            typ: None,
+            kid: true,
+            header: Map::new(),
+            claims: Map::new(),
+            required: Vec::new(),
+            forbidden: Vec::new(),
+            only: None,
+            ttl: None,
+            exp: true,
+            max_ttl: None,
+            backdate: None,
+            cache: true,
+            reuse: None,
+            rules: Vec::new(),
+        }
+    }
+
     /// How long a token without `exp` is handed out again.
     pub fn reuse(&self) -> Ttl {
         self.reuse.unwrap_or(APNS_REUSE)
@@ -452,6 +475,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "{name:?} is not a preset name: lowercase letters, digits and dashes, as app-store-connect"
         ))
     }
+}
+
+const fn ttl(secs: u64) -> Ttl {
+    Ttl::of(secs)
+}
+
+/// Claims of fixed string values, for the built-in definitions.
+fn fixed(pairs: &[(&str, &str)]) -> Map<String, Value> {
+    pairs.iter().map(|(name, value)| ((*name).to_owned(), Value::from(*value))).collect()
 }
 
 fn non_empty<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a str> {

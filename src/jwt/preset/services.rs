@@ -2,9 +2,8 @@
 //! accounts, OAuth client assertions (RFC 7523), Snowflake, Salesforce, DocuSign and Firebase.
 //! docs/services.md gives each one's rules and their sources.
 
-use super::{Preset, Required, Rule, non_empty};
+use super::{Preset, Required, Rule, fixed, non_empty, ttl};
 use crate::jwt::alg::Alg;
-use crate::jwt::time::Ttl;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
@@ -16,39 +15,14 @@ pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const FIREBASE_AUDIENCE: &str =
     "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit";
 
-const fn ttl(secs: u64) -> Ttl {
-    Ttl::of(secs)
-}
-
 /// What these presets share: `typ: JWT`, no kid unless the service looks keys up by it, `iat`
 /// now, and RS256 unless the preset says otherwise.
 fn service(name: &str) -> Preset {
-    Preset {
-        name: name.to_owned(),
-        alg: Some(Alg::Rs256),
-        typ: Some("JWT".into()),
-        kid: false,
-        header: Map::new(),
-        claims: Map::new(),
-        required: Vec::new(),
-        forbidden: Vec::new(),
-        only: None,
-        ttl: None,
-        exp: true,
-        max_ttl: None,
-        backdate: None,
-        cache: true,
-        reuse: None,
-        rules: Vec::new(),
-    }
+    Preset { alg: Some(Alg::Rs256), typ: Some("JWT".into()), kid: false, ..Preset::named(name) }
 }
 
 fn required(claim: &str, what: &str) -> Required {
     Required::new(claim, Some(what))
-}
-
-fn fixed(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs.iter().map(|(name, value)| ((*name).to_owned(), Value::from(*value))).collect()
 }
 
 pub(super) fn presets() -> Vec<Preset> {
