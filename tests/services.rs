@@ -243,6 +243,37 @@ fn import_reads_pkcs1_sec1_and_google_key_files() {
         pyjwt(token.trim(), &openssl_public(&google), "RS256", Some("https://oauth2.googleapis.com/token"));
     assert_eq!((header["kid"].as_str(), claims["iss"].as_str()), (Some("4f1c3a9d0e"), Some(email)));
 
+    // Snowflake's encrypted PKCS#8, with the passphrase from a file: decrypted in the client.
+    let snow = hsm.path("snow.p8");
+    openssl_key("RSA:2048", &snow);
+    let encrypted = hsm.path("rsa_key.p8");
+    convert(&snow, &["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:correct horse"], &encrypted);
+    assert!(std::fs::read_to_string(&encrypted).unwrap().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    let (wrong, right) = (hsm.path("wrong"), hsm.path("passphrase"));
+    std::fs::write(&wrong, "battery staple\n").unwrap();
+    std::fs::write(&right, "correct horse\n").unwrap();
+    let before = keys(&hsm);
+    let import = |passphrase: Option<&std::path::Path>| {
+        let mut command = hsm.cli();
+        command.arg("import").arg(&encrypted).args(["--label", "snow"]);
+        if let Some(file) = passphrase {
+            command.arg("--passphrase-file").arg(file);
+        }
+        run(&mut command)
+    };
+    let (code, _, err) = import(Some(&wrong));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("passphrase does not decrypt") && err.contains("nothing was created"), "{err}");
+    // Without a file and without a terminal to ask on, it says so.
+    let (code, _, err) = import(None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("passphrase"), "{err}");
+    assert_eq!(keys(&hsm), before);
+    let (code, _, err) = import(Some(&right));
+    assert_eq!(code, 0, "{err}");
+    let token = run(hsm.cli().args(["sign", "--key", "snow", "--preset", "snowflake", "--sub", "a.b"])).1;
+    pyjwt(token.trim(), &openssl_public(&snow), "RS256", None);
+
     // A JSON file that is not a service account's key is refused, and nothing is created.
     let before = keys(&hsm);
     let other = hsm.path("user.json");

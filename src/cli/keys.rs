@@ -29,6 +29,10 @@ pub struct ImportArgs {
     /// CKA_ID in hex [default: derived from the public key]
     #[arg(long, value_name = "HEX")]
     id: Option<Hex>,
+    /// For an encrypted key (ENCRYPTED PRIVATE KEY): the file whose first line is the
+    /// passphrase [default: ask on the terminal, without echo]
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +103,9 @@ pub fn import(args: ImportArgs) -> Result<(), Failure> {
     let (pem, from_file, iss) = if text.trim_start().starts_with('{') {
         let account = google_key_file(&text).map_err(|e| Failure::new(EXIT_REFUSED, e))?;
         (account.private_key, Some(account.private_key_id), Some(account.client_email))
+    } else if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        let pem = decrypt(&text, &args.file, args.passphrase_file.as_deref())?;
+        (pem, apple_key_id(&args.file), None)
     } else {
         (text, apple_key_id(&args.file), None)
     };
@@ -199,6 +206,30 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     }
     let out = json!({ "header": verified.header, "claims": verified.claims });
     print_line(&serde_json::to_string_pretty(&out).expect("a JSON value serializes"))
+}
+
+/// Decrypts an encrypted PKCS#8 key (Snowflake's `rsa_key.p8` made with a passphrase) here, in
+/// the client, with the passphrase from `passphrase_file` or the terminal; the agent gets the
+/// plain PKCS#8 as for any other import. Every copy is zeroized once sent.
+fn decrypt(pem: &str, file: &Path, passphrase_file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
+    use der::Decode;
+    let refused = |why: String| Failure::new(EXIT_REFUSED, why);
+    let (_, der) = pem_rfc7468::decode_vec(pem.trim().as_bytes())
+        .map_err(|e| refused(format!("the encrypted key is not valid PEM: {e}")))?;
+    let der = Zeroizing::new(der);
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::from_der(&der)
+        .map_err(|e| refused(format!("the encrypted key is malformed: {e}")))?;
+    let passphrase = match passphrase_file {
+        Some(path) => crate::pin::read_pin_text(crate::pin::PinSource::File(path), ""),
+        None => crate::pin::prompt_on_terminal(&format!("Passphrase for {}: ", file.display())),
+    }
+    .map_err(|e| Failure::new(EXIT_OTHER, format!("no passphrase: {e}")))?;
+    let plain = info.decrypt(passphrase.as_bytes()).map_err(|_| {
+        refused("the passphrase does not decrypt the key (or its cipher is not PBES2 with AES); nothing was created".into())
+    })?;
+    let pem = pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, plain.as_bytes())
+        .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot re-encode the key: {e}")))?;
+    Ok(Zeroizing::new(pem))
 }
 
 /// What `import` takes from a Google service-account key file.
