@@ -16,13 +16,16 @@ objects = []
 with token.open(user_pin=pin) as session:
     for obj in session.get_objects():
         object_class = ObjectClass(obj[Attribute.CLASS])
-        # Some tokens list their mechanisms as objects too; only keys and data matter here.
-        if object_class not in (ObjectClass.DATA, ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY):
+        # Some tokens list their mechanisms as objects too; only keys, certificates and data matter.
+        kinds = (ObjectClass.DATA, ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.CERTIFICATE)
+        if object_class not in kinds:
             continue
         entry = {
             "class": object_class.name,
             "label": obj[Attribute.LABEL],
         }
+        if object_class == ObjectClass.CERTIFICATE:
+            entry["id"] = obj[Attribute.ID].hex()
         if object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             entry["id"] = obj[Attribute.ID].hex()
             for name in ("MODIFIABLE", "COPYABLE"):

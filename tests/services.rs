@@ -248,7 +248,9 @@ fn import_reads_pkcs1_sec1_and_google_key_files() {
     openssl_key("RSA:2048", &snow);
     let encrypted = hsm.path("rsa_key.p8");
     convert(&snow, &["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:correct horse"], &encrypted);
-    assert!(std::fs::read_to_string(&encrypted).unwrap().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    assert!(
+        std::fs::read_to_string(&encrypted).unwrap().starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    );
     let (wrong, right) = (hsm.path("wrong"), hsm.path("passphrase"));
     std::fs::write(&wrong, "battery staple\n").unwrap();
     std::fs::write(&right, "correct horse\n").unwrap();
@@ -282,4 +284,71 @@ fn import_reads_pkcs1_sec1_and_google_key_files() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("service account"), "{err}");
     assert_eq!(keys(&hsm), before);
+}
+
+#[test]
+fn cert_makes_a_certificate_inside_the_token_and_entra_assertions_carry_its_thumbprint() {
+    let hsm = Hsm::new();
+    let _agent = hsm.agent();
+    let s = Signer { hsm: &hsm };
+    assert_eq!(run(hsm.cli().args(["generate", "--label", "entra-app", "--alg", "PS256"])).0, 0);
+    let aud = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
+    let args = ["--iss", "11111111-2222-3333-4444-555555555555", "--aud", aud];
+    // No certificate yet: Entra ID could not match the assertion to anything registered.
+    s.refused("entra-app", "entra", &args, "jwt-agent cert");
+
+    let (code, pem, err) =
+        run(hsm.cli().args(["cert", "entra-app", "--subject", "CN=ci,O=Example", "--days", "30"]));
+    assert_eq!(code, 0, "{err}");
+    let cert = hsm.path("entra-app.pem");
+    std::fs::write(&cert, &pem).unwrap();
+    // OpenSSL, independently: self-signed and valid, the subject asked for, PSS, the key's own.
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let cert_path = cert.to_str().unwrap();
+    assert!(openssl(&["verify", "-CAfile", cert_path, cert_path]).contains(": OK"));
+    let text = openssl(&["x509", "-in", cert_path, "-noout", "-text"]);
+    assert!(text.contains("Subject: O = Example, CN = ci") && text.contains("rsassaPss"), "{text}");
+    assert!(text.contains("CA:FALSE") && text.contains("Digital Signature"), "{text}");
+    let public = openssl(&["x509", "-in", cert_path, "-noout", "-pubkey"]);
+    let (_, ours, _) = run(hsm.cli().args(["pubkey", "entra-app"]));
+    assert_eq!(public.trim(), ours.trim(), "the certificate is not for the key");
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    use sha2::Digest;
+    let x5t = b64url(&sha2::Sha256::digest(&der));
+    // It sits on the token next to the key, with the same id.
+    let objects = inspect(&hsm);
+    let id_of = |class: &str| {
+        objects.iter().find(|o| o["label"] == "entra-app" && o["class"] == class).map(|o| o["id"].clone())
+    };
+    assert_eq!(id_of("CERTIFICATE"), id_of("PRIVATE_KEY"));
+    // A second one for the same key is refused, and nothing changes.
+    let (code, _, err) = run(hsm.cli().args(["cert", "entra-app"]));
+    assert_eq!(code, 4, "{err}");
+
+    // Entra ID: PS256, x5t#S256 of that certificate, iss = sub, nbf = iat, a fresh jti, never cached.
+    let token = s.ok("entra-app", "entra", &args);
+    let (header, claims) = pyjwt(&token, &public, "PS256", Some(aud));
+    assert_eq!(header["x5t#S256"], x5t.as_str());
+    assert_eq!(claims["sub"], claims["iss"]);
+    assert_eq!(claims["nbf"], claims["iat"]);
+    assert_eq!(b64url_decode(claims["jti"].as_str().unwrap()).len(), 16);
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 600);
+    assert_ne!(s.ok("entra-app", "entra", &args), token, "an Entra assertion was handed out twice");
+    s.refused(
+        "entra-app",
+        "entra",
+        &["--iss", "app", "--aud", "https://login.microsoftonline.com/token"],
+        "TENANT",
+    );
+    s.refused("entra-app", "entra", &[&args[..], &["--ttl", "2h"]].concat(), "at most 1h");
+    // A P-256 key has neither the RSA Entra wants nor a certificate: refused all the same.
+    s.refused(KEY, "entra", &args, "entra: ");
+    let (code, _, err) = run(hsm.cli().args(["verify", &token, "--key", "entra-app", "--preset", "entra"]));
+    assert_eq!(code, 0, "{err}");
 }

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::jwt::Alg;
 use crate::jwt::preset::Presets;
 use crate::key::PublicKey;
-use crate::wire::{GenerateRequest, Hex, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
+use crate::wire::{CertRequest, GenerateRequest, Hex, ImportRequest, KeyInfo, PubkeyFormat, SecretText};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,30 @@ pub struct GenerateArgs {
     /// RSA modulus size: 2048, 3072 or 4096 [default: 2048]
     #[arg(long, value_name = "BITS")]
     bits: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    #[command(flatten)]
+    socket: SocketArgs,
+    /// Key label or PKCS#11 URI
+    #[arg(value_name = "KEY")]
+    key: String,
+    /// The subject, as CN=NAME,O=ORG [default: CN=LABEL]
+    #[arg(long, value_name = "DN")]
+    subject: Option<String>,
+    /// Days of validity, from now
+    #[arg(long, value_name = "N", default_value_t = 365)]
+    days: u32,
+    /// Output: PEM text, or DER bytes
+    #[arg(long, value_enum, default_value = "pem")]
+    format: CertFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CertFormat {
+    Pem,
+    Der,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -126,6 +150,24 @@ pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
     let request = GenerateRequest { label: args.label, alg: Some(args.alg), id: args.id, bits: args.bits };
     let key = connect(&args.socket)?.generate(request)?;
     print_line(&format!("Generated {} inside the token; it cannot be exported.", describe(&key)))
+}
+
+/// `jwt-agent cert KEY`: prints the certificate; its `x5t#S256` goes to stderr.
+pub fn cert(args: CertArgs) -> Result<(), Failure> {
+    let request = CertRequest { key: args.key, subject: args.subject, days: Some(args.days) };
+    let made = connect(&args.socket)?.cert(request)?;
+    eprintln!("stored on the token next to the key; x5t#S256 {}", made.x5t_s256);
+    match args.format {
+        CertFormat::Pem => print_line(made.pem.trim_end()),
+        CertFormat::Der => {
+            let (_, der) = pem_rfc7468::decode_vec(made.pem.as_bytes())
+                .map_err(|e| Failure::new(EXIT_OTHER, format!("the agent sent a bad certificate: {e}")))?;
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&der)
+                .map_err(|e| Failure::new(EXIT_OTHER, format!("cannot write to stdout: {e}")))
+        }
+    }
 }
 
 fn describe(key: &KeyInfo) -> String {

@@ -48,6 +48,9 @@ enum Command {
     Import(keys::ImportArgs),
     /// Generate a key pair inside the token
     Generate(keys::GenerateArgs),
+    /// Make a self-signed X.509 certificate for a key, signed inside the token, and store it
+    /// there (what Entra ID, Google and Salesforce ask you to register)
+    Cert(keys::CertArgs),
     /// Check a JWT's signature and times; print its header and claims
     Verify(keys::VerifyArgs),
     /// Show the token, keys, session pool and counters
@@ -82,6 +85,7 @@ impl Command {
             Command::Pubkey(_) => "pubkey",
             Command::Import(_) => "import",
             Command::Generate(_) => "generate",
+            Command::Cert(_) => "cert",
             Command::Verify(_) => "verify",
             Command::Status(_) => "status",
             Command::Lock(_) => "lock",
@@ -242,6 +246,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Pubkey(args) => keys::pubkey(args),
         Command::Import(args) => keys::import(args),
         Command::Generate(args) => keys::generate(args),
+        Command::Cert(args) => keys::cert(args),
         Command::Verify(args) => keys::verify(args),
         Command::Bench(args) => bench::bench(args),
         Command::Exec(args) => exec(args),

@@ -8,8 +8,9 @@
 //! ```
 
 use crate::wire::{
-    self, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, LockResult, PubkeyFormat,
-    PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
+    self, CertRequest, CertResult, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult,
+    LockResult, PubkeyFormat, PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult,
+    StatusResult, StopResult,
 };
 use crate::wire::{ErrorCode, WireError};
 pub mod trust;
@@ -140,6 +141,11 @@ impl Client {
     /// Generates a key pair inside the token.
     pub fn generate(&mut self, request: GenerateRequest) -> Result<KeyInfo, ClientError> {
         Ok(self.call::<KeyResult>(&Request::Generate(request))?.key)
+    }
+
+    /// Makes a self-signed certificate for a key inside the token and stores it there.
+    pub fn cert(&mut self, request: CertRequest) -> Result<CertResult, ClientError> {
+        self.call::<CertResult>(&Request::Cert(request))
     }
 
     /// Locks the agent.

@@ -124,6 +124,7 @@ impl Agent {
             request,
             Request::Import(_)
                 | Request::Generate(_)
+                | Request::Cert(_)
                 | Request::Lock {}
                 | Request::Unlock { .. }
                 | Request::Stop {}
@@ -140,6 +141,7 @@ impl Agent {
             }
             Request::Import(request) => self.import(request, record).await,
             Request::Generate(request) => self.generate(request, record).await,
+            Request::Cert(request) => self.cert(request, record).await,
             Request::Status {} => Ok(Done::read(Reply::Status(Box::new(self.status(peer).await)))),
             Request::Lock {} => {
                 self.lock("a client asked").await?;

@@ -8,8 +8,8 @@ use crate::token::NewKey;
 use crate::token::TokenError;
 use crate::token::uri::key_uri_hex;
 use crate::wire::{
-    CacheStatus, Counters, GenerateRequest, ImportRequest, KeyResult, KeysResult, PoolStatus, PubkeyFormat,
-    PubkeyResult, StatusResult,
+    CacheStatus, CertRequest, CertResult, Counters, GenerateRequest, ImportRequest, KeyResult, KeysResult,
+    PoolStatus, PubkeyFormat, PubkeyResult, StatusResult,
 };
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -103,6 +103,27 @@ impl Agent {
         record.alg = info.alg.clone().map(Value::from);
         record.kid = info.kid.clone().map(Value::from);
         Ok(Done::audited(Reply::Key(KeyResult { key: info }), Outcome::Created))
+    }
+
+    pub(super) async fn cert(&self, request: CertRequest, record: &mut Record) -> Result<Done, Failed> {
+        let CertRequest { key, subject, days } = request;
+        record.key = Some(crate::token::uri::redact(&key).into_owned());
+        self.check_unlocked()?;
+        let der = self
+            .on_token(move |token, session| {
+                let key = token.key(session, &key)?;
+                let subject = subject.clone().unwrap_or_else(|| format!("CN={}", key.info.label));
+                token.make_cert(session, &key, &subject, days.unwrap_or(365))
+            })
+            .await?;
+        let pem = pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, &der)
+            .map_err(|e| Failed::bad_request(format!("the certificate does not encode: {e}")))?;
+        let x5t_s256 = crate::key::cert::thumbprint_s256(&der);
+        crate::info!(
+            "made a certificate for key {:?} (x5t#S256 {x5t_s256})",
+            record.key.as_deref().unwrap_or("")
+        );
+        Ok(Done::audited(Reply::Cert(CertResult { pem, x5t_s256 }), Outcome::Created))
     }
 
     pub(super) async fn status(&self, peer: &Peer) -> StatusResult {

@@ -6,8 +6,8 @@ use super::audit::Outcome;
 use crate::jwt::mint::MintError;
 use crate::token::TokenError;
 use crate::wire::{
-    ErrorCode, KeyResult, KeysResult, LockResult, PubkeyResult, SignInputResult, SignResult, StatusResult,
-    StopResult, WireError,
+    CertResult, ErrorCode, KeyResult, KeysResult, LockResult, PubkeyResult, SignInputResult, SignResult,
+    StatusResult, StopResult, WireError,
 };
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ pub(super) enum Reply {
     Keys(KeysResult),
     Pubkey(PubkeyResult),
     Key(KeyResult),
+    Cert(CertResult),
     Status(Box<StatusResult>),
     Lock(LockResult),
     Stop(StopResult),

@@ -5,7 +5,7 @@
 use super::alg::Alg;
 use super::jws::{self, JoseError};
 use super::policy::{Policy, PolicyError};
-use super::preset::{Preset, PresetError};
+use super::preset::{KeyFacts, Preset, PresetError};
 use super::time::Ttl;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub struct KeyView<'a> {
     pub fingerprint: Option<&'a str>,
     /// The `iss` stored with the key (a Google service account's `client_email`).
     pub iss: Option<&'a str>,
+    /// `x5t#S256` of the key's certificate on the token.
+    pub x5t_s256: Option<&'a str>,
 }
 
 /// A `sign` request's content.
@@ -109,7 +111,10 @@ pub fn mint(ask: Ask, key: &KeyView, policy: &Policy, uid: u32, now: u64) -> Res
         claims.entry("iss").or_insert_with(|| Value::from(iss));
     }
     match &preset {
-        Some(preset) => preset.fill(&mut header, &mut claims, ask.ttl, key.kid, key.fingerprint, now)?,
+        Some(preset) => {
+            let facts = KeyFacts { fingerprint: key.fingerprint, x5t_s256: key.x5t_s256 };
+            preset.fill(&mut header, &mut claims, ask.ttl, key.kid, facts, now)?
+        }
         None => {
             // The kid `keys` shows and the JWKS publishes, so verifiers can find the key.
             if let Some(kid) = key.kid {
@@ -200,7 +205,15 @@ mod tests {
     const RSA: &[Alg] = &[Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512];
 
     fn key(label: &'static str) -> KeyView<'static> {
-        KeyView { label, kid: Some("KID1"), alg: Alg::Es256, algs: P256, fingerprint: None, iss: None }
+        KeyView {
+            label,
+            kid: Some("KID1"),
+            alg: Alg::Es256,
+            algs: P256,
+            fingerprint: None,
+            iss: None,
+            x5t_s256: None,
+        }
     }
 
     fn policy(toml: &str) -> Policy {
@@ -299,7 +312,15 @@ mod tests {
 
     #[test]
     fn the_alg_is_the_keys_or_one_it_signs() {
-        let rsa = KeyView { label: "r", kid: None, alg: Alg::Rs256, algs: RSA, fingerprint: None, iss: None };
+        let rsa = KeyView {
+            label: "r",
+            kid: None,
+            alg: Alg::Rs256,
+            algs: RSA,
+            fingerprint: None,
+            iss: None,
+            x5t_s256: None,
+        };
         let claims = Map::new();
         let header = object(json!({"alg": "PS384"}));
         assert_eq!(mint(ask(&header, &claims), &rsa, &policy(""), 0, NOW).unwrap().alg, Alg::Ps384);

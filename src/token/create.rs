@@ -381,6 +381,20 @@ fn read_public(
     public.map_err(|e| TokenError::Other(format!("the generated public key: {e}")))
 }
 
+/// A `CKO_CERTIFICATE` (X.509) next to the key with this label and id.
+pub fn certificate_template(label: &str, id: &[u8], subject: &[u8], der: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(cryptoki::object::CertificateType::X_509),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+        Attribute::Subject(subject.to_vec()),
+        Attribute::Value(der.to_vec()),
+    ]
+}
+
 /// A data object that says `value` of the key labelled `label`, for `application`.
 fn store(
     session: &Session,

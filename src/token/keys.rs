@@ -51,6 +51,8 @@ pub struct Key {
     pub info: KeyInfo,
     /// The `iss` stored with it, if any.
     pub iss: Option<String>,
+    /// `x5t#S256` of its certificate on the token (same `CKA_ID`), if it has one.
+    pub x5t_s256: Option<String>,
 }
 
 impl Key {
@@ -76,6 +78,7 @@ impl Key {
             algs: &self.algs,
             fingerprint: self.info.fingerprint.as_deref(),
             iss: self.iss.as_deref(),
+            x5t_s256: self.x5t_s256.as_deref(),
         }
     }
 
@@ -222,6 +225,7 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
     };
     let bound = stored(session, ALG_APPLICATION, &a.label)?.and_then(|name| Alg::from_name(&name));
     let iss = stored(session, ISS_APPLICATION, &a.label)?;
+    let x5t_s256 = certificate(session, &a.id)?.map(|der| crate::key::cert::thumbprint_s256(&der));
     let mut key = Key {
         handle,
         kind,
@@ -232,6 +236,7 @@ fn describe(session: &Session, handle: ObjectHandle) -> Result<Option<Key>, Toke
         algs: Vec::new(),
         info: KeyInfo { label: a.label, id: hex(&a.id), alg: None, kid: Some(kid), fingerprint: None },
         iss,
+        x5t_s256,
     };
     key.algs = Alg::ALL.into_iter().filter(|alg| key.signs(*alg)).collect();
     key.alg = default_alg(&key);
@@ -282,6 +287,22 @@ fn public_point(session: &Session, id: &[u8], label: &str) -> Result<Option<Vec<
             _ => None,
         });
     Ok(point)
+}
+
+/// The DER of the X.509 certificate with this `CKA_ID`, if there is one.
+fn certificate(session: &Session, id: &[u8]) -> Result<Option<Vec<u8>>, TokenError> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    let template = [Attribute::Class(ObjectClass::CERTIFICATE), Attribute::Id(id.to_vec())];
+    let Some(&object) = session.find_objects(&template)?.first() else {
+        return Ok(None);
+    };
+    let value = session.get_attributes(object, &[AttributeType::Value])?.into_iter().find_map(|a| match a {
+        Attribute::Value(v) => Some(v),
+        _ => None,
+    });
+    Ok(value)
 }
 
 fn shares_label(session: &Session, label: &str) -> Result<bool, TokenError> {

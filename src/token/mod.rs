@@ -402,6 +402,38 @@ impl Token {
         Ok(signature)
     }
 
+    /// Makes a self-signed certificate for `key` of `subject`, valid for `days`, signed inside
+    /// the token with the key's own alg, and stores it next to the key (same `CKA_ID` and
+    /// label). Returns its DER.
+    pub fn make_cert(
+        &self,
+        session: &Session,
+        key: &Key,
+        subject: &str,
+        days: u32,
+    ) -> Result<Vec<u8>, TokenError> {
+        let public = key.public.as_ref().ok_or_else(|| TokenError::NoPublicKey(key.info.label.clone()))?;
+        if key.x5t_s256.is_some() {
+            return Err(TokenError::Exists(format!(
+                "key {:?} has a certificate on the token already; delete it first (pkcs11-tool --delete-object --type cert)",
+                key.info.label
+            )));
+        }
+        let mut serial = [0u8; 16];
+        serial.copy_from_slice(&session.generate_random_vec(16)?);
+        let unsigned = crate::key::cert::prepare(public, key.alg, subject, days, serial)
+            .map_err(|e| TokenError::BadKey(e.to_string()))?;
+        let signature = self.sign(session, key, key.alg, unsigned.to_sign())?;
+        let der = unsigned.assemble(&signature).map_err(|e| TokenError::Other(e.to_string()))?;
+        let subject = crate::key::cert::subject_der(&der).map_err(|e| TokenError::Other(e.to_string()))?;
+        let rw = self.open_rw_session()?;
+        let id = crate::wire::parse_hex(&key.info.id).map_err(TokenError::Other)?;
+        rw.create_object(&create::certificate_template(&key.info.label, &id, &subject, &der))?;
+        // The key's cached description lacks the certificate's thumbprint.
+        self.forget_keys();
+        Ok(der)
+    }
+
     /// Creates a key on the token: imported from a file, or generated inside it.
     pub fn create(&self, new: &NewKey) -> Result<KeyInfo, TokenError> {
         if let NewKey::Generate { alg: Alg::Es512, .. } = new

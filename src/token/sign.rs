@@ -135,6 +135,7 @@ mod tests {
             algs: vec![],
             info: KeyInfo { label: "k".into(), id: String::new(), alg: None, kid: None, fingerprint: None },
             iss: None,
+            x5t_s256: None,
         }
     }
 

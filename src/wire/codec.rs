@@ -1,7 +1,8 @@
 //! Lines on the socket: requests and answers as newline-delimited JSON, both directions.
 
 use super::{
-    ErrorCode, GenerateRequest, ImportRequest, PubkeyFormat, Request, SecretText, SignRequest, WireError,
+    CertRequest, ErrorCode, GenerateRequest, ImportRequest, PubkeyFormat, Request, SecretText, SignRequest,
+    WireError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -99,6 +100,7 @@ impl Request {
             }
             "import" => Request::Import(ImportRequest::deserialize(fields)?),
             "generate" => Request::Generate(GenerateRequest::deserialize(fields)?),
+            "cert" => Request::Cert(CertRequest::deserialize(fields)?),
             "status" => none(fields).map(|()| Request::Status {})?,
             "lock" => none(fields).map(|()| Request::Lock {})?,
             "unlock" => Request::Unlock { pin: UnlockFields::deserialize(fields)?.pin },

@@ -42,6 +42,8 @@ pub enum Request {
     Import(ImportRequest),
     /// Generate a key pair inside the token.
     Generate(GenerateRequest),
+    /// Make a self-signed certificate for a key, signed inside the token, and store it there.
+    Cert(CertRequest),
     /// Report the token, keys, pool and counters.
     Status {},
     /// Log out, forget the PIN and the cached tokens; refuse to sign until `unlock`.
@@ -57,8 +59,19 @@ pub enum Request {
 
 impl Request {
     /// Every `op` this version of the protocol knows.
-    pub const OPS: &'static [&'static str] =
-        &["sign_input", "sign", "keys", "pubkey", "import", "generate", "status", "lock", "unlock", "stop"];
+    pub const OPS: &'static [&'static str] = &[
+        "sign_input",
+        "sign",
+        "keys",
+        "pubkey",
+        "import",
+        "generate",
+        "cert",
+        "status",
+        "lock",
+        "unlock",
+        "stop",
+    ];
 
     /// The ops whose own field `id` (a key's CKA_ID) is also the request's id.
     pub const OWN_ID: &'static [&'static str] = &["import", "generate"];
@@ -72,6 +85,7 @@ impl Request {
             Request::Pubkey { .. } => "pubkey",
             Request::Import(_) => "import",
             Request::Generate(_) => "generate",
+            Request::Cert(_) => "cert",
             Request::Status {} => "status",
             Request::Lock {} => "lock",
             Request::Unlock { .. } => "unlock",
@@ -83,6 +97,29 @@ impl Request {
     pub fn has_own_id(&self) -> bool {
         Self::OWN_ID.contains(&self.op())
     }
+}
+
+/// The fields of a `cert` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRequest {
+    /// The key's label or PKCS#11 URI.
+    pub key: String,
+    /// The subject, RFC 4514 (`CN=release,O=Example`); default `CN=` the key's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Days of validity, from now; default 365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
+}
+
+/// The result of `cert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertResult {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its `x5t#S256`: the base64url SHA-256 of its DER.
+    pub x5t_s256: String,
 }
 
 /// The fields of a `sign` request.

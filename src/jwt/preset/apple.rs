@@ -158,7 +158,14 @@ mod tests {
         let mut header = Map::new();
         let mut claims = claims.as_object().unwrap().clone();
         let ttl = ttl.map(|secs| Ttl::from_secs(secs).unwrap());
-        preset.fill(&mut header, &mut claims, ttl, Some("ABC123DEFG"), None, NOW)?;
+        preset.fill(
+            &mut header,
+            &mut claims,
+            ttl,
+            Some("ABC123DEFG"),
+            crate::jwt::preset::KeyFacts::default(),
+            NOW,
+        )?;
         Ok((Value::Object(header), Value::Object(claims)))
     }
 
@@ -257,7 +264,7 @@ mod tests {
         let error = presets
             .get("apns")
             .unwrap()
-            .fill(&mut header, &mut Map::new(), None, Some("k"), None, NOW)
+            .fill(&mut header, &mut Map::new(), None, Some("k"), crate::jwt::preset::KeyFacts::default(), NOW)
             .unwrap_err();
         assert!(error.to_string().contains("ES256"), "{error}");
     }

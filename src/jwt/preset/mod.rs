@@ -89,6 +89,14 @@ impl<'de> Deserialize<'de> for Required {
     }
 }
 
+/// What some rules take from the key: its fingerprint (Snowflake), its certificate's
+/// thumbprint (Entra ID).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyFacts<'a> {
+    pub fingerprint: Option<&'a str>,
+    pub x5t_s256: Option<&'a str>,
+}
+
 /// The rules of the built-in presets that are more than fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -118,6 +126,9 @@ pub enum Rule {
     },
     /// Firebase: a `uid` of 1 to 128 characters, and `claims`, if given, an object.
     FirebaseUid,
+    /// Entra ID: the header's `x5t#S256` is the key's certificate's, `nbf` is `iat`, and `aud`
+    /// a tenant's v2.0 token endpoint.
+    Entra,
     /// A claim that, when present, is a list of strings (MusicKit's `origin`).
     StringList {
         claim: &'static str,
@@ -183,7 +194,7 @@ impl Preset {
         claims: &mut Map<String, Value>,
         ttl: Option<Ttl>,
         key_kid: Option<&str>,
-        key_fingerprint: Option<&str>,
+        key: KeyFacts<'_>,
         now: u64,
     ) -> Result<(), PresetError> {
         if let Some(alg) = self.alg {
@@ -233,7 +244,7 @@ impl Preset {
             claims.entry(name.as_str()).or_insert_with(|| value.clone());
         }
         for rule in &self.rules {
-            rule.fill(header, claims, key_fingerprint).map_err(|rule| self.error(rule))?;
+            rule.fill(header, claims, key).map_err(|rule| self.error(rule))?;
         }
         self.check(header, claims, now)
     }
@@ -328,7 +339,7 @@ impl Rule {
         self,
         header: &mut Map<String, Value>,
         claims: &mut Map<String, Value>,
-        key_fingerprint: Option<&str>,
+        key: KeyFacts<'_>,
     ) -> Result<(), String> {
         match self {
             Rule::IdOfIssAndSub => {
@@ -348,7 +359,8 @@ impl Rule {
                 claims.insert("jti".into(), Value::from(services::fresh_jti()?));
             }
             Rule::GoogleScopeOrAud => services::google_fill(claims),
-            Rule::Snowflake => services::snowflake_fill(claims, key_fingerprint)?,
+            Rule::Snowflake => services::snowflake_fill(claims, key.fingerprint)?,
+            Rule::Entra => services::entra_fill(header, claims, key.x5t_s256)?,
             _ => {}
         }
         Ok(())
@@ -390,6 +402,7 @@ impl Rule {
             },
             Rule::GoogleScopeOrAud => services::google_check(claims),
             Rule::Snowflake => services::snowflake_check(claims),
+            Rule::Entra => services::entra_check(header, claims),
             Rule::AudOneOf { audiences, url } => services::aud_one_of(claims, audiences, url),
             Rule::FirebaseUid => services::firebase_check(claims),
             Rule::StringList { claim, items } => match claims.get(claim) {
@@ -533,7 +546,7 @@ mod tests {
         claims.insert("iss".into(), Value::from("client"));
         claims.insert("sub".into(), Value::from("client"));
         let now = 1_800_000_000;
-        preset.fill(&mut header, &mut claims, None, Some("k"), None, now).unwrap();
+        preset.fill(&mut header, &mut claims, None, Some("k"), KeyFacts::default(), now).unwrap();
         assert_eq!(Value::Object(header), serde_json::json!({"alg": "RS256", "typ": "JWT"}));
         assert_eq!(claims["iat"], now - 60);
         assert_eq!(claims["exp"], now - 60 + 300);
@@ -541,13 +554,19 @@ mod tests {
         assert!(!preset.cache);
         let (mut header, mut claims) = (Map::new(), Map::new());
         claims.insert("iss".into(), Value::from("client"));
-        let error = preset.fill(&mut header, &mut claims, None, None, None, now).unwrap_err();
+        let error = preset.fill(&mut header, &mut claims, None, None, KeyFacts::default(), now).unwrap_err();
         assert_eq!(error.to_string(), "example: the sub claim is required");
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from("c"));
         claims.insert("sub".into(), Value::from("c"));
-        let error =
-            preset.fill(&mut Map::new(), &mut claims, Some(Ttl::from_secs(7200).unwrap()), None, None, now);
+        let error = preset.fill(
+            &mut Map::new(),
+            &mut claims,
+            Some(Ttl::from_secs(7200).unwrap()),
+            None,
+            KeyFacts::default(),
+            now,
+        );
         assert!(error.unwrap_err().to_string().contains("at most 1h"));
     }
 

@@ -98,6 +98,19 @@ pub(super) fn presets() -> Vec<Preset> {
             ..service("docusign")
         },
         Preset {
+            alg: Some(Alg::Ps256),
+            kid: false,
+            required: vec![
+                required("iss", "the application (client) ID, --iss"),
+                required("aud", "https://login.microsoftonline.com/TENANT/oauth2/v2.0/token, --aud"),
+            ],
+            ttl: Some(ttl(10 * MINUTE)),
+            max_ttl: Some(ttl(HOUR)),
+            cache: false,
+            rules: vec![Rule::SubIsIss, Rule::FreshJti, Rule::Entra],
+            ..service("entra")
+        },
+        Preset {
             claims: fixed(&[("aud", FIREBASE_AUDIENCE)]),
             required: vec![required("iss", "the service account's email, --iss")],
             ttl: Some(ttl(HOUR)),
@@ -199,6 +212,43 @@ pub(super) fn aud_one_of(claims: &Map<String, Value>, audiences: &[&str], url: b
     } else {
         format!("aud must be {shapes}, not {aud:?}")
     })
+}
+
+pub(super) fn entra_fill(
+    header: &mut Map<String, Value>,
+    claims: &mut Map<String, Value>,
+    x5t_s256: Option<&str>,
+) -> Result<(), String> {
+    if !header.contains_key("x5t#S256") {
+        let x5t = x5t_s256.ok_or(
+            "the key has no certificate on the token: make one with `jwt-agent cert KEY` and register it with the app",
+        )?;
+        header.insert("x5t#S256".into(), Value::from(x5t));
+    }
+    if let Some(iat) = claims.get("iat").cloned() {
+        claims.entry("nbf").or_insert(iat);
+    }
+    Ok(())
+}
+
+pub(super) fn entra_check(header: &Map<String, Value>, claims: &Map<String, Value>) -> Result<(), String> {
+    if non_empty(header, "x5t#S256").is_none_or(|x5t| x5t.len() != 43) {
+        return Err("the header needs x5t#S256, the base64url SHA-256 of the key's certificate".into());
+    }
+    if claims.get("nbf").and_then(Value::as_u64).is_none() {
+        return Err("nbf must be set".into());
+    }
+    let aud = non_empty(claims, "aud").unwrap_or("");
+    let tenant = aud
+        .strip_prefix("https://login.microsoftonline.com/")
+        .and_then(|rest| rest.strip_suffix("/oauth2/v2.0/token"))
+        .filter(|tenant| !tenant.is_empty() && !tenant.contains('/'));
+    match tenant {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "aud must be https://login.microsoftonline.com/TENANT/oauth2/v2.0/token, not {aud:?}"
+        )),
+    }
 }
 
 pub(super) fn firebase_check(claims: &Map<String, Value>) -> Result<(), String> {
