@@ -242,7 +242,11 @@ fn refused_imports_leave_the_token_as_it_was() {
         ),
         (vec![other.to_str().unwrap().into(), "--id".into(), before_id(&before)], "is already on the token"),
         (vec![k1.to_str().unwrap().into()], "unsupported key type"),
-        (vec![encrypted.to_str().unwrap().into()], "encrypted"),
+        // (An encrypted key is read now, with its passphrase: tests/services.rs.)
+        (
+            vec![encrypted.to_str().unwrap().into(), "--passphrase-file".into(), "/dev/null".into()],
+            "passphrase",
+        ),
         (vec![public.to_str().unwrap().into()], "not a private key"),
         (vec![garbage.to_str().unwrap().into()], "malformed"),
         (vec![text.to_str().unwrap().into()], "not PEM"),

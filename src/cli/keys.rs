@@ -265,7 +265,15 @@ fn decrypt(pem: &str, file: &Path, passphrase_file: Option<&Path>) -> Result<Zer
         Some(path) => crate::pin::read_pin_text(crate::pin::PinSource::File(path), ""),
         None => crate::pin::prompt_on_terminal(&format!("Passphrase for {}: ", file.display())),
     }
-    .map_err(|e| Failure::new(EXIT_OTHER, format!("no passphrase: {e}")))?;
+    .or_else(|e| match e {
+        // An empty passphrase is one too; the key says whether it is the right one.
+        crate::pin::PinError::Empty => Ok(Zeroizing::new(String::new())),
+        crate::pin::PinError::File { .. } => Err(Failure::new(EXIT_OTHER, format!("the passphrase: {e}"))),
+        _ => Err(Failure::new(
+            EXIT_OTHER,
+            "the key is encrypted: give its passphrase with --passphrase-file FILE (there is no terminal to ask on)",
+        )),
+    })?;
     let plain = info.decrypt(passphrase.as_bytes()).map_err(|_| {
         refused("the passphrase does not decrypt the key (or its cipher is not PBES2 with AES); nothing was created".into())
     })?;
