@@ -3,12 +3,14 @@
 #
 #   scripts/tpm.sh start DIR                       swtpm + private D-Bus + tpm2-abrmd, state in DIR;
 #                                                  prints `export NAME=value` lines as its last lines
-#   scripts/tpm.sh token DIR LABEL USERPIN SOPIN   adds a token to the store DIR/store
+#   scripts/tpm.sh token DIR LABEL PINFILE SOPINFILE
+#                                                  adds a token to the store DIR/store, its PINs
+#                                                  the first lines of those files
 #   scripts/tpm.sh env DIR                         prints the export lines again
 #   scripts/tpm.sh stop DIR                        stops what start started
 #   scripts/tpm.sh install                         only installs the packages
 #
-# Typical use: eval "$(scripts/tpm.sh start "$dir")"; scripts/tpm.sh token "$dir" t 1234 5678.
+# Typical use: eval "$(scripts/tpm.sh start "$dir")"; scripts/tpm.sh token "$dir" t pin so-pin.
 # Everything talks over unix sockets in DIR (or in a short folder under /tmp when DIR's path is
 # long or has spaces or commas), so runs in parallel do not collide. Progress goes to stderr, logs
 # to DIR/*.log; the TPM state (DIR/state) and the store (DIR/store) outlast stop and a new start.
@@ -193,8 +195,10 @@ EOF
 }
 
 cmd_token() {
-    [ "$#" -eq 4 ] || die "usage: $0 token DIR LABEL USERPIN SOPIN"
-    local dir label=$2 userpin=$3 sopin=$4 pid
+    [ "$#" -eq 4 ] || die "usage: $0 token DIR LABEL PINFILE SOPINFILE"
+    local dir label=$2 userpin sopin pid
+    userpin=$(head -n 1 "$3") || die "cannot read the PIN file $3"
+    sopin=$(head -n 1 "$4") || die "cannot read the SO PIN file $4"
     dir=$(dir_arg "$1")
     install_missing
     load_env "$dir"
@@ -207,7 +211,7 @@ cmd_token() {
         [ -n "$pid" ] || die "tpm2_ptool init printed no primary id"
     fi
     step "tpm2_ptool addtoken --pid=$pid --label=$label"
-    # The PINs are on a command line (tpm2_ptool takes them no other way): test PINs only.
+    # tpm2_ptool takes PINs on its command line only (where ps shows them): test tokens only.
     tpm2_ptool addtoken --path "$TPM2_PKCS11_STORE" --pid="$pid" --label="$label" \
         --userpin="$userpin" --sopin="$sopin" >&2
     pkcs11-tool --module "$TPM_PKCS11_MODULE" -L 2>&1 |

@@ -38,6 +38,7 @@ class JwtAgent < Formula
       objectstore.backend = file
     EOS
     ENV["SOFTHSM2_CONF"] = (testpath/"softhsm2.conf").to_s
+    # softhsm2-util takes PINs on its command line only; the agent reads its PIN from a file.
     system Formula["softhsm"].bin/"softhsm2-util", "--init-token", "--free", "--label", "brew",
            "--pin", "123456", "--so-pin", "654321"
     (testpath/"pin").write "123456\n"

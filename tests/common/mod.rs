@@ -185,16 +185,24 @@ impl Hsm {
     /// next lookup).
     pub fn add_key(&self, kind: &str, file: &Path, label: &str) {
         if backend() == Backend::Tpm {
-            let algorithm = if kind.starts_with("RSA") { "--algorithm=rsa" } else { "--algorithm=ecc" };
-            let key_label = format!("--key-label={label}");
-            let privkey = format!("--privkey={}", file.display());
-            let token = format!("--label={TOKEN_LABEL}");
-            let pin = format!("--userpin={PIN}");
-            self.ptool(&["import", &token, &key_label, &pin, &privkey, algorithm]);
+            self.ptool_import(file, label, kind.starts_with("RSA"), None);
         } else {
             let (code, _, err) = run(self.cli().arg("import").arg(file).args(["--label", label]));
             assert_eq!(code, 0, "import {}: {err}", file.display());
         }
+    }
+
+    /// `tpm2_ptool import` of a PEM private key (EC, or RSA) as `label`, with the id's bytes.
+    fn ptool_import(&self, file: &Path, label: &str, rsa: bool, id: Option<&[u8]>) {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let algorithm = if rsa { "--algorithm=rsa" } else { "--algorithm=ecc" };
+        let named =
+            [format!("--label={TOKEN_LABEL}"), format!("--key-label={label}"), format!("--userpin={PIN}")];
+        let privkey = format!("--privkey={}", file.display());
+        let args = ["import", &named[0], &named[1], &named[2], &privkey, algorithm].map(OsStr::new);
+        let id = id.map(|id| [OsStr::new("--id"), OsStr::from_bytes(id)]).into_iter().flatten();
+        self.ptool_os(args.into_iter().chain(id));
     }
 
     /// On a TPM, checks that `jwt-agent import FILE` is refused in its one sentence, exit 4,
@@ -268,21 +276,9 @@ impl Hsm {
                 PIN,
             ]),
             Backend::Tpm => {
-                use std::os::unix::ffi::OsStrExt;
                 // tpm2_ptool takes the id's bytes as they are, not in hex.
                 let id = (0..id.len()).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap());
-                let id: Vec<u8> = id.collect();
-                let args = [
-                    "import",
-                    &format!("--label={TOKEN_LABEL}"),
-                    &format!("--key-label={label}"),
-                    &format!("--userpin={PIN}"),
-                    &format!("--privkey={p8}"),
-                    "--algorithm=ecc",
-                    "--id",
-                ];
-                let args = args.iter().map(std::ffi::OsStr::new).chain([std::ffi::OsStr::from_bytes(&id)]);
-                self.ptool_os(args);
+                self.ptool_import(Path::new(&p8), label, false, Some(&id.collect::<Vec<u8>>()));
             }
             Backend::Kryoptic => {
                 let der = self.path(&format!("{label}.pub.der"));
