@@ -67,7 +67,8 @@ kryoptic=$(./scripts/kryoptic.sh)
 step "cargo test --release (kryoptic: $kryoptic)"
 JWT_AGENT_TEST_BACKEND=kryoptic JWT_AGENT_TEST_MODULE=$kryoptic \
     cargo test --release --test signing --test protocol --test keys --test apple --test policy \
-    --test lifecycle --test faults --test hardening --test ecosystem --test trust --test services
+    --test lifecycle --test faults --test hardening --test ecosystem --test trust --test services \
+    --test exchange
 
 # And a TPM, the third: swtpm with tpm2-pkcs11 through tpm2-abrmd, started here and stopped after.
 # What a TPM cannot do (import, P-521, EdDSA, seeing keys added by another process before a
@@ -81,7 +82,8 @@ eval "$(scripts/tpm.sh start "$tpm_dir")"
 step "cargo test --release (TPM: $TPM_PKCS11_MODULE)"
 JWT_AGENT_TEST_BACKEND=tpm JWT_AGENT_TEST_MODULE=$TPM_PKCS11_MODULE \
     cargo test --release --test signing --test protocol --test keys --test apple --test policy \
-    --test lifecycle --test faults --test hardening --test ecosystem --test trust --test services
+    --test lifecycle --test faults --test hardening --test ecosystem --test trust --test services \
+    --test exchange
 scripts/tpm.sh stop "$tpm_dir"
 
 step "all tests passed"

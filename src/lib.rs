@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod config;
 mod daemon;
+mod exchange;
 mod files;
 mod jwt;
 mod key;

@@ -4,6 +4,7 @@
 
 use crate::client::ClientError;
 use crate::daemon::DaemonError;
+use crate::exchange::ExchangeError;
 use crate::token::TokenError;
 use crate::wire::ErrorCode;
 
@@ -34,6 +35,15 @@ impl Failure {
 
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(EXIT_USAGE, message)
+    }
+
+    /// Exits with `status` and prints nothing (the status of `exec`'s command).
+    pub(crate) fn silent(status: u8) -> Self {
+        Self::new(status, "")
+    }
+
+    pub(super) fn is_silent(&self) -> bool {
+        self.message.is_empty()
     }
 
     fn hinted(mut self, hint: impl Into<String>) -> Self {
@@ -97,6 +107,16 @@ impl From<ClientError> for Failure {
             ClientError::Io(_) => Failure::new(EXIT_OTHER, message),
             ClientError::Agent(wire) => Failure { status: status(wire.code), message, code: Some(wire.code), hint: None },
         }
+    }
+}
+
+impl From<ExchangeError> for Failure {
+    fn from(e: ExchangeError) -> Self {
+        let status = match e {
+            ExchangeError::Usage(_) => EXIT_USAGE,
+            ExchangeError::Unreachable { .. } | ExchangeError::Refused(_) => EXIT_OTHER,
+        };
+        Failure::new(status, e.to_string())
     }
 }
 

@@ -6,6 +6,7 @@ mod failure;
 mod keys;
 mod output;
 mod start;
+mod token;
 
 use daemon::DaemonArgs;
 
@@ -59,7 +60,11 @@ enum Command {
     Lock(SocketArgs),
     /// Load the agent with N connections of sign requests; --direct compares with the raw token
     Bench(bench::BenchArgs),
-    /// Run a command with a fresh token in an environment variable
+    /// Sign a service's assertion and trade it for the access token the job needs (a GitHub
+    /// installation token, an OAuth access token); print that token
+    Token(token::TokenArgs),
+    /// Run a command with a token in an environment variable: a JWT, or with --exchange (or
+    /// GitHub's --installation/--repo) an access token, revoked (GitHub) when the command ends
     Exec(ExecArgs),
     /// Print shell completions: bash, zsh, fish, elvish or powershell
     Completions {
@@ -90,6 +95,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Lock(_) => "lock",
             Command::Bench(_) => "bench",
+            Command::Token(_) => "token",
             Command::Exec(_) => "exec",
             Command::Completions { .. } => "completions",
             Command::Man => "man",
@@ -102,9 +108,15 @@ impl Command {
 struct ExecArgs {
     #[command(flatten)]
     sign: SignArgs,
-    /// The variable that gets the token
-    #[arg(long, value_name = "VAR", default_value = "JWT")]
-    env: String,
+    #[command(flatten)]
+    exchange: token::ExchangeArgs,
+    /// Trade the assertion for the service's access token, as `jwt-agent token` does
+    #[arg(long = "exchange")]
+    exchange_token: bool,
+    /// The variable that gets the token [default: JWT; with an exchange GH_TOKEN for GitHub,
+    /// else ACCESS_TOKEN]
+    #[arg(long, value_name = "VAR")]
+    env: Option<String>,
     /// The command, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
@@ -209,7 +221,9 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("{}", failure.line(name));
+            if !failure.is_silent() {
+                eprintln!("{}", failure.line(name));
+            }
             ExitCode::from(failure.status)
         }
     }
@@ -249,6 +263,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Cert(args) => keys::cert(args),
         Command::Verify(args) => keys::verify(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Token(args) => token::token(args),
         Command::Exec(args) => exec(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -285,18 +300,78 @@ fn run(command: Command) -> Result<(), Failure> {
 }
 
 /// `jwt-agent exec`: sign, then replace this process with the command, the token in its
-/// environment (never on its command line, where `ps` would show it).
+/// environment (never on its command line, where `ps` would show it). With an exchange, the
+/// command runs as a child instead, so that its GitHub token can be revoked when it ends.
 fn exec(args: ExecArgs) -> Result<(), Failure> {
     use std::os::unix::process::CommandExt;
-    if args.env.is_empty() || args.env.contains('=') || args.env.contains('\0') {
-        return Err(Failure::usage(format!("--env wants a variable name, not {:?}", args.env)));
+    let exchange = args.exchange_token || args.exchange.names_installation();
+    let github = args.sign.preset.as_ref().is_some_and(|p| p.as_str() == "github-app");
+    let env = match (&args.env, exchange, github) {
+        (Some(env), _, _) => env.clone(),
+        (None, false, _) => "JWT".into(),
+        (None, true, true) => "GH_TOKEN".into(),
+        (None, true, false) => "ACCESS_TOKEN".into(),
+    };
+    if env.is_empty() || env.contains('=') || env.contains('\0') {
+        return Err(Failure::usage(format!("--env wants a variable name, not {env:?}")));
     }
-    let mut client = connect(&args.sign.socket)?;
-    let token = client.sign(args.sign.into_request()?)?.token;
     let (program, rest) =
         args.command.split_first().ok_or_else(|| Failure::usage("give the command after --"))?;
-    let error = std::process::Command::new(program).args(rest).env(&args.env, token).exec();
-    Err(Failure::new(127, format!("cannot run {}: {error}", program.to_string_lossy())))
+    let mut command = std::process::Command::new(program);
+    command.args(rest);
+    let cannot_run = |error: std::io::Error| {
+        Failure::new(127, format!("cannot run {}: {error}", program.to_string_lossy()))
+    };
+    if !exchange {
+        let mut client = connect(&args.sign.socket)?;
+        let token = client.sign(args.sign.into_request()?)?.token;
+        return Err(cannot_run(command.env(&env, token).exec()));
+    }
+    let socket = SocketArgs { socket: args.sign.socket.socket.clone() };
+    let plan = token::Plan::new(args.sign, args.exchange)?;
+    let mut agent = connect(&socket)?;
+    // A token that is revoked at the end is the command's own: not kept, not shared.
+    let obtained = plan.obtain(&mut agent, !plan.service.revocable())?;
+    let status = {
+        let child = command.env(&env, obtained.token.as_str()).spawn();
+        child.map_err(cannot_run).and_then(wait_passing_signals)
+    };
+    if let Err(e) = plan.revoke(Some(&mut agent), &obtained) {
+        eprintln!("jwt-agent: the token was not revoked, it stays valid until it expires: {e}");
+    }
+    let code = status?;
+    if code == 0 { Ok(()) } else { Err(Failure::silent(code)) }
+}
+
+/// Waits for `child` while passing it the signals that would end this process, and returns the
+/// exit status to end with (128 + the signal when a signal ended it, as shells say).
+fn wait_passing_signals(mut child: std::process::Child) -> Result<u8, Failure> {
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    static CHILD: AtomicI32 = AtomicI32::new(0);
+    extern "C" fn pass(signal: libc::c_int) {
+        let pid = CHILD.load(Ordering::Relaxed);
+        if pid > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+    CHILD.store(i32::try_from(child.id()).unwrap_or(0), Ordering::Relaxed);
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: `pass` only reads an atomic and calls kill.
+        unsafe { libc::signal(signal, pass as *const () as libc::sighandler_t) };
+    }
+    let status = child.wait();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: restores the default disposition.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    let status = status.map_err(|e| Failure::new(1, format!("cannot wait for the command: {e}")))?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    })
 }
 
 pub(crate) fn connect(args: &SocketArgs) -> Result<Client, Failure> {

@@ -8,9 +8,9 @@
 //! ```
 
 use crate::wire::{
-    self, CertRequest, CertResult, GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult,
-    LockResult, PubkeyFormat, PubkeyResult, Request, SecretText, SignInputResult, SignRequest, SignResult,
-    StatusResult, StopResult,
+    self, AccessToken, AccessTokenResult, CertRequest, CertResult, ExchangedReport, ExchangedResult,
+    GenerateRequest, ImportRequest, KeyInfo, KeyResult, KeysResult, LockResult, PubkeyFormat, PubkeyResult,
+    Request, SecretText, SignInputResult, SignRequest, SignResult, StatusResult, StopResult,
 };
 use crate::wire::{ErrorCode, WireError};
 pub mod trust;
@@ -161,6 +161,19 @@ impl Client {
     /// The agent's status.
     pub fn status(&mut self) -> Result<StatusResult, ClientError> {
         self.call(&Request::Status {})
+    }
+
+    /// The access token the agent keeps for this uid's exchange `request` signed by `key`, if
+    /// one is left with more than 5 minutes to go.
+    pub fn access_token(&mut self, key: &str, request: &str) -> Result<Option<AccessToken>, ClientError> {
+        let request = Request::AccessToken { key: key.to_owned(), request: request.to_owned() };
+        Ok(self.call::<AccessTokenResult>(&request)?.access_token)
+    }
+
+    /// Reports an exchange made by this process, for the audit log; the agent keeps an issued
+    /// token for this uid. Returns whether it did.
+    pub fn exchanged(&mut self, report: ExchangedReport) -> Result<bool, ClientError> {
+        Ok(self.call::<ExchangedResult>(&Request::Exchanged(report))?.kept)
     }
 
     /// Asks the agent to stop; returns its pid.

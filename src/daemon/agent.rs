@@ -2,6 +2,7 @@
 //! writes its audit line (a decision that cannot be recorded is not handed out), counts it, and
 //! gives the reply or the error. The ops are in `ops.rs` and `signing.rs`.
 
+use super::access::AccessCache;
 use super::audit::{AuditLog, Outcome, Peer, Record};
 use super::cache::TokenCache;
 use super::outcome::{Done, Failed, Reply, Signed};
@@ -24,6 +25,7 @@ pub struct Agent {
     pub(super) pool: Pool,
     pub(super) policy: Arc<Policy>,
     pub(super) cache: TokenCache,
+    pub(super) access: AccessCache,
     audit: Option<AuditLog>,
     pub(super) audit_path: Option<String>,
     pub(super) started: Instant,
@@ -52,6 +54,7 @@ impl Agent {
             pool,
             policy: Arc::new(policy),
             cache: TokenCache::new(),
+            access: AccessCache::default(),
             audit,
             audit_path,
             started: Instant::now(),
@@ -151,6 +154,8 @@ impl Agent {
                 self.unlock(pin).await?;
                 Ok(Done::audited(Reply::Lock(LockResult { locked: false }), Outcome::Unlocked))
             }
+            Request::AccessToken { key, request } => self.access_token(&key, &request, peer, record),
+            Request::Exchanged(report) => self.exchanged(report, peer, record),
             Request::Stop {} => {
                 crate::info!("stop requested by uid {} (pid {:?})", peer.uid, peer.pid);
                 self.request_stop();
@@ -274,6 +279,7 @@ impl Agent {
     /// Locks the agent: the token logs out, the PIN and the cached tokens are forgotten.
     pub(super) async fn lock(&self, why: &str) -> Result<(), Failed> {
         self.cache.clear();
+        self.access.clear();
         self.on_token(|token, session| {
             token.lock(session);
             Ok(())

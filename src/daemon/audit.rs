@@ -57,6 +57,12 @@ pub enum Outcome {
     Stopped,
     Locked,
     Unlocked,
+    /// A client traded an assertion for an access token (its report).
+    Exchanged,
+    /// A client's exchange was refused by the service, or did not reach it (its report).
+    ExchangeFailed,
+    /// A client revoked an access token (its report).
+    Revoked,
     /// The request was refused or failed.
     Refused,
 }
@@ -84,6 +90,9 @@ pub struct Record {
     pub aud: Option<Value>,
     pub iat: Option<Value>,
     pub exp: Option<Value>,
+    /// Where an exchange traded its assertion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// Hex SHA-256 of the JWS signing input.
     pub input_sha256: Option<String>,
     pub outcome: Option<Outcome>,

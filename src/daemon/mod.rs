@@ -1,5 +1,6 @@
 //! The daemon: loads the token, listens on the socket, serves connections until told to stop.
 
+mod access;
 mod agent;
 pub mod audit;
 pub mod cache;

@@ -161,7 +161,11 @@ impl Agent {
                 refusals: c.refusals.load(Ordering::Relaxed),
                 token_errors: c.token_errors.load(Ordering::Relaxed),
             },
-            cache: CacheStatus { size: self.cache.len(), hits: cache_hits },
+            cache: CacheStatus {
+                size: self.cache.len(),
+                hits: cache_hits,
+                access_tokens: self.access.count(peer.uid),
+            },
             per_key: self.per_key.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             audit_log: self.audit_path.clone(),
             locked: self.is_locked(),

@@ -6,8 +6,8 @@ use super::audit::Outcome;
 use crate::jwt::mint::MintError;
 use crate::token::TokenError;
 use crate::wire::{
-    CertResult, ErrorCode, KeyResult, KeysResult, LockResult, PubkeyResult, SignInputResult, SignResult,
-    StatusResult, StopResult, WireError,
+    AccessTokenResult, CertResult, ErrorCode, ExchangedResult, KeyResult, KeysResult, LockResult,
+    PubkeyResult, SignInputResult, SignResult, StatusResult, StopResult, WireError,
 };
 use serde::Serialize;
 
@@ -24,6 +24,8 @@ pub(super) enum Reply {
     Status(Box<StatusResult>),
     Lock(LockResult),
     Stop(StopResult),
+    AccessToken(AccessTokenResult),
+    Exchanged(ExchangedResult),
 }
 
 /// A `sign` result, with the times the sinks renew by (they stay off the wire).

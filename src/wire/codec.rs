@@ -1,8 +1,8 @@
 //! Lines on the socket: requests and answers as newline-delimited JSON, both directions.
 
 use super::{
-    CertRequest, ErrorCode, GenerateRequest, ImportRequest, PubkeyFormat, Request, SecretText, SignRequest,
-    WireError,
+    CertRequest, ErrorCode, ExchangedReport, GenerateRequest, ImportRequest, PubkeyFormat, Request,
+    SecretText, SignRequest, WireError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -86,6 +86,12 @@ impl Request {
         struct UnlockFields {
             pin: SecretText,
         }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AccessTokenFields {
+            key: String,
+            request: String,
+        }
         let none = |fields: &Value| NoFields::deserialize(fields).map(drop);
         Ok(match op {
             "sign_input" => {
@@ -105,6 +111,11 @@ impl Request {
             "lock" => none(fields).map(|()| Request::Lock {})?,
             "unlock" => Request::Unlock { pin: UnlockFields::deserialize(fields)?.pin },
             "stop" => none(fields).map(|()| Request::Stop {})?,
+            "access_token" => {
+                let AccessTokenFields { key, request } = AccessTokenFields::deserialize(fields)?;
+                Request::AccessToken { key, request }
+            }
+            "exchanged" => Request::Exchanged(ExchangedReport::deserialize(fields)?),
             other => return Err(serde::de::Error::custom(format!("unknown op {other:?}"))),
         })
     }

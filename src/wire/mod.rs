@@ -55,6 +55,17 @@ pub enum Request {
     },
     /// Stop the daemon cleanly.
     Stop {},
+    /// The access token this uid got earlier for the same exchange, if it is still good.
+    AccessToken {
+        /// The key that signs the exchange's assertion.
+        key: String,
+        /// What the exchange was for, as the client names it (a digest of preset, key,
+        /// assertion and service flags).
+        request: String,
+    },
+    /// A client's report of an exchange it made (the daemon opens no network connection):
+    /// audited, and an issued token is kept for the uid.
+    Exchanged(ExchangedReport),
 }
 
 impl Request {
@@ -71,6 +82,8 @@ impl Request {
         "lock",
         "unlock",
         "stop",
+        "access_token",
+        "exchanged",
     ];
 
     /// The ops whose own field `id` (a key's CKA_ID) is also the request's id.
@@ -90,6 +103,8 @@ impl Request {
             Request::Lock {} => "lock",
             Request::Unlock { .. } => "unlock",
             Request::Stop {} => "stop",
+            Request::AccessToken { .. } => "access_token",
+            Request::Exchanged(_) => "exchanged",
         }
     }
 
@@ -97,6 +112,71 @@ impl Request {
     pub fn has_own_id(&self) -> bool {
         Self::OWN_ID.contains(&self.op())
     }
+}
+
+/// What an `exchanged` report says became of the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeOutcome {
+    /// The service issued an access token.
+    Issued,
+    /// The service refused, or could not be reached.
+    Failed,
+    /// The access token was revoked (GitHub, when `exec`'s command ended).
+    Revoked,
+}
+
+/// The fields of an `exchanged` report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangedReport {
+    /// The preset the assertion was signed with.
+    pub preset: PresetName,
+    /// The key that signed it.
+    pub key: String,
+    /// The client id the assertion named (`iss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Where it was traded: the token endpoint, or GitHub's API.
+    pub endpoint: String,
+    /// What became of it.
+    pub outcome: ExchangeOutcome,
+    /// Why it failed, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the exchange was for, as `access_token` names it; with `token`, it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The access token issued, to keep for this uid until 5 minutes before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<AccessToken>,
+}
+
+/// An access token a service issued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessToken {
+    /// The token itself.
+    pub token: SecretText,
+    /// When it expires, Unix seconds.
+    pub expires_at: u64,
+    /// The service's other fields (GitHub's `permissions`, OAuth's `scope`, `token_type`, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
+}
+
+/// The result of `access_token`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessTokenResult {
+    /// The kept token, or `null`.
+    pub access_token: Option<AccessToken>,
+}
+
+/// The result of `exchanged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangedResult {
+    /// Whether the daemon keeps the token for this uid.
+    pub kept: bool,
 }
 
 /// The fields of a `cert` request.
@@ -414,6 +494,9 @@ pub struct CacheStatus {
     pub size: usize,
     /// Tokens answered from it.
     pub hits: u64,
+    /// Access tokens kept for the asking uid's exchanges (`jwt-agent token`).
+    #[serde(default)]
+    pub access_tokens: usize,
 }
 
 /// The result of `status`.

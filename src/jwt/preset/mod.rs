@@ -6,6 +6,7 @@
 
 mod apple;
 mod services;
+pub use services::GOOGLE_TOKEN_URL;
 
 use super::alg::Alg;
 use super::time::{MAX_IAT_AHEAD_SECS, Ttl};
