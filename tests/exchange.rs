@@ -577,3 +577,56 @@ fn oauth_grants_trade_each_service_assertion() {
     let issued = services.requests().pop().unwrap()["issued"].as_str().unwrap().to_owned();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), issued);
 }
+
+#[test]
+fn another_uid_never_sees_the_access_tokens_kept_for_this_one() {
+    if !root_or_skip("another uid's view of kept access tokens") {
+        return;
+    }
+    const OTHER: u32 = 65534;
+    let hsm = Hsm::new();
+    let config =
+        hsm.config(&format!("[daemon]\nallowed_uids = [{OTHER}]\n[keys.{KEY}]\nallowed_uids = [{OTHER}]\n"));
+    let _agent = hsm.agent_with(&["--config", &config]);
+    chmod(hsm.dir.path(), 0o755);
+    chmod(hsm.socket().parent().unwrap(), 0o755);
+    chmod(&hsm.socket(), 0o777);
+    let expires = now() + 3600;
+    let report = serde_json::json!({"op": "exchanged", "preset": "oauth-client-assertion", "key": KEY,
+        "endpoint": "https://idp.example/token", "outcome": "issued", "request": "r1",
+        "token": {"token": "owner-secret", "expires_at": expires}});
+    let mut owner = Conn::new(&hsm.socket());
+    assert_eq!(owner.request(report.clone())["kept"], true);
+    let ask = serde_json::json!({"op": "access_token", "key": KEY, "request": "r1"});
+    assert_eq!(owner.request(ask.clone())["access_token"]["token"], "owner-secret");
+
+    // The other uid asks for the same request, then keeps a token of its own under that name.
+    let script = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+for line in sys.argv[2:]:
+    f.write(line + "\n"); f.flush()
+    print(f.readline().strip(), flush=True)
+"#;
+    let mut mine = report.clone();
+    mine["token"]["token"] = "other-secret".into();
+    let mut command = as_uid(OTHER, &[], std::path::Path::new("/usr/bin/python3"));
+    command
+        .args(["-c", script])
+        .arg(hsm.socket())
+        .arg(ask.to_string())
+        .arg(mine.to_string())
+        .arg(ask.to_string());
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[0]["access_token"], Value::Null, "another uid got the owner's token");
+    assert_eq!(answers[1]["kept"], true);
+    assert_eq!(answers[2]["access_token"]["token"], "other-secret");
+    // The owner's is untouched.
+    assert_eq!(owner.request(ask)["access_token"]["token"], "owner-secret");
+}
