@@ -324,25 +324,10 @@ fn exec_hands_the_command_an_installation_token_and_revokes_it_after() {
     let ca = services.ca();
     let out = hsm.path("seen");
     let script = format!("printf %s \"$GH_TOKEN\" > {}; exit 7", out.display());
-    let (code, _, err) = run(hsm.cli().args([
-        "exec",
-        "--key",
-        "rsa",
-        "--preset",
-        "github-app",
-        "--iss",
-        APP,
-        "--api-url",
-        &api,
-        "--ca-file",
-        &ca,
-        "--repo",
-        "octo-org/app",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let exec =
+        ["exec", "--key", "rsa", "--preset", "github-app", "--iss", APP, "--api-url", &api, "--ca-file", &ca];
+    let (code, _, err) =
+        run(hsm.cli().args(exec).args(["--repo", "octo-org/app", "--", "sh", "-c", &script]));
     assert_eq!(code, 7, "exec did not end with the command's status: {err}");
     let seen = std::fs::read_to_string(&out).unwrap();
     assert!(seen.starts_with("ghs_"), "{seen:?}");
@@ -356,18 +341,7 @@ fn exec_hands_the_command_an_installation_token_and_revokes_it_after() {
     assert_eq!(status["cache"]["access_tokens"], 0);
 
     // A command ended by a signal still has its token revoked; exec says 128 + the signal.
-    let (code, _, _) = run(hsm.cli().args([
-        "exec",
-        "--key",
-        "rsa",
-        "--preset",
-        "github-app",
-        "--iss",
-        APP,
-        "--api-url",
-        &api,
-        "--ca-file",
-        &ca,
+    let (code, _, _) = run(hsm.cli().args(exec).args([
         "--installation",
         "4242",
         "--env",
