@@ -177,3 +177,78 @@ fn a_pin_refused_at_a_context_login_is_not_tried_again() {
     }
     assert_eq!(calls(&log, "C_Login"), logins + 1, "one refused try, then no more");
 }
+
+/// A `sign_input` request line for the agent's test key.
+fn sign_input_line() -> String {
+    let input = signing_input(r#"{"alg":"ES256","typ":"JWT"}"#, r#"{"iss":"t"}"#);
+    serde_json::json!({"op": "sign_input", "key": KEY, "input": input}).to_string()
+}
+
+#[test]
+fn sixty_four_clients_asking_for_one_token_at_once_cost_one_signature() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "2"]);
+    // A slow device (like a YubiHSM 2), so that every request arrives while the first is signed.
+    fault(&control, "slow 300");
+    let before = calls(&log, "C_SignInit");
+    let request = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "fleet"}, "ttl": "20m"});
+    let mut conns: Vec<Conn> = (0..64).map(|_| hsm_conn(&hsm)).collect();
+    for conn in &mut conns {
+        conn.send_raw(format!("{request}\n").as_bytes());
+    }
+    let answers: Vec<serde_json::Value> = conns.iter_mut().map(Conn::read_answer).collect();
+    assert!(answers.iter().all(|a| a["ok"] == true), "{answers:?}");
+    let token = &answers[0]["token"];
+    assert!(answers.iter().all(|a| &a["token"] == token), "the clients got different tokens");
+    assert_eq!(answers.iter().filter(|a| a["cached"] == false).count(), 1);
+    assert_eq!(calls(&log, "C_SignInit") - before, 1, "more than one signature for one token");
+}
+
+fn hsm_conn(hsm: &Hsm) -> Conn {
+    Conn::new(&hsm.socket())
+}
+
+#[test]
+fn a_request_whose_client_has_gone_is_not_signed() {
+    let hsm = Hsm::new();
+    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
+    fault(&control, "slow 300");
+    let line = sign_input_line();
+    // The first signature teaches the agent that this token is slow.
+    assert_eq!(hsm_conn(&hsm).ask(&line)["ok"], true);
+    let before = calls(&log, "C_SignInit");
+    let mut busy = hsm_conn(&hsm);
+    busy.send_raw(format!("{line}\n").as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Four clients ask while the device is busy, and hang up before their turn.
+    for _ in 0..4 {
+        let mut gone = hsm_conn(&hsm);
+        gone.send_raw(format!("{line}\n").as_bytes());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(gone);
+    }
+    assert_eq!(busy.read_answer()["ok"], true);
+    // One that stays is served after them, and nothing was signed for those that left.
+    assert_eq!(hsm_conn(&hsm).ask(&line)["ok"], true);
+    assert_eq!(calls(&log, "C_SignInit") - before, 2, "a request of a client that had gone was signed");
+    let status = hsm_conn(&hsm).ask(r#"{"op":"status"}"#);
+    assert_eq!(status["pool"]["inline"], false, "a 300 ms token is not called inline");
+}
+
+#[test]
+fn a_slow_token_does_not_hold_up_what_needs_no_signature() {
+    let hsm = Hsm::new();
+    // One session, so one lane serves every connection.
+    let (_agent, control, _) = faulty_agent(&hsm, &["--sessions", "1"]);
+    fault(&control, "slow 300");
+    let cached = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "c"}, "ttl": "20m"});
+    assert_eq!(hsm_conn(&hsm).request(cached.clone())["cached"], false);
+    let mut slow = hsm_conn(&hsm);
+    slow.send_raw(format!("{}\n", sign_input_line()).as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // A cache hit on the same lane is answered while the signature is still being made.
+    let hit = hsm_conn(&hsm).request(cached);
+    assert_eq!(hit["cached"], true);
+    assert!(!slow.has_answer(), "the slow signature was answered before the cache hit");
+    assert_eq!(slow.read_answer()["ok"], true);
+}

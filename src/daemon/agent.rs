@@ -75,6 +75,11 @@ impl Agent {
         self.policy.admits(uid)
     }
 
+    /// How many sessions the pool has (and lanes the server runs).
+    pub fn sessions(&self) -> usize {
+        self.pool.size()
+    }
+
     /// The uid the daemon runs as.
     pub fn owner(&self) -> u32 {
         self.policy.owner()

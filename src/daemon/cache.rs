@@ -1,6 +1,10 @@
 //! The token cache: tokens minted by `sign`, shared by every client, reused while Apple would
 //! still take them. Apple asks callers to reuse tokens, and APNs answers 429 to tokens refreshed
 //! more often than every 20 minutes. `sign-input` is never cached.
+//!
+//! Misses fly single: while one request for a cache key is being signed, the others for that
+//! key wait for it ([`TokenCache::flight`]) and are then answered from the cache, so fifty
+//! runners starting together cost a slow HSM one signature.
 
 use crate::jwt::Ttl;
 use crate::jwt::preset::Preset;
@@ -43,6 +47,27 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: Mutex<HashMap<String, Entry>>,
+    /// The cache keys being signed now, each with the lock its waiters queue on (in order).
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The right to sign for one cache key: held by one request at a time; the next one waiting
+/// gets it when this is dropped.
+pub struct Flight<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: String,
+    flights: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Nobody else waits (only the map holds the lock): the flight is over.
+        if flights.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            flights.remove(&self.key);
+        }
+    }
 }
 
 impl TokenCache {
@@ -84,6 +109,18 @@ impl TokenCache {
             }
         }
         entries.insert(key, entry);
+    }
+
+    /// Waits until no other request is signing for `key`, and takes the turn. The caller looks
+    /// in the cache again once it has it: the request before may have filled it. Waiters are
+    /// served in the order they came (tokio's mutex is fair).
+    pub async fn flight(&self, key: &str) -> Flight<'_> {
+        let lock = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            flights.entry(key.to_owned()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        Flight { guard: Some(guard), key: key.to_owned(), flights: &self.flights }
     }
 
     /// Forgets every token (on `lock`).
@@ -142,6 +179,29 @@ mod tests {
         );
         claims.insert("exp".into(), Value::from(5));
         assert_eq!(TokenCache::key("k", None, &Map::new(), &claims, None), None);
+    }
+
+    #[tokio::test]
+    async fn one_flight_per_key_at_a_time_and_none_left_after() {
+        let cache = TokenCache::new();
+        let first = cache.flight("k").await;
+        let other_key = cache.flight("j").await;
+        // A second request for "k" waits for the first.
+        let mut second = std::pin::pin!(cache.flight("k"));
+        assert!(futures_poll(second.as_mut()).is_none(), "two flights for one key");
+        drop(first);
+        let second = futures_poll(second.as_mut()).expect("the next in line got its turn");
+        drop((second, other_key));
+        assert!(cache.flights.lock().unwrap().is_empty(), "a finished flight was kept");
+    }
+
+    /// Polls a future once.
+    fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.poll(&mut cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader { inner, buf: vec![0; CHUNK].into_boxed_slice(), start: 0, end: 0, line: Vec::new() }
     }
 
+    /// The stream it reads.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The line the last [`Frame::Line`] read.
     pub fn line(&self) -> &[u8] {
         &self.line
@@ -128,6 +133,26 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
         tokio::time::timeout(read_timeout, self.read_frame()).await.unwrap_or(Ok(Frame::Stalled))
     }
+}
+
+/// Resolves when the peer has closed the connection altogether (not only its writing half: a
+/// client such as `socat` sends its request, shuts its side down, and still reads the answer).
+/// Stays pending while there is no news, or when the news is a next request (pipelining: the
+/// client is there).
+pub async fn hung_up(read: &tokio::net::unix::OwnedReadHalf) {
+    use std::os::fd::AsRawFd;
+    if let Ok(ready) = read.ready(tokio::io::Interest::READABLE).await
+        && ready.is_read_closed()
+    {
+        let stream: &tokio::net::UnixStream = read.as_ref();
+        let mut poll = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, and a zero timeout: poll only reports.
+        let polled = unsafe { libc::poll(&mut poll, 1, 0) };
+        if polled == 1 && poll.revents & libc::POLLHUP != 0 {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 impl<R> Drop for Reader<R> {

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod cache;
 mod connection;
 mod harden;
+mod lanes;
 #[cfg(target_os = "macos")]
 mod launchd;
 mod limits;

@@ -154,7 +154,7 @@ impl Agent {
             uptime_s: self.started.elapsed().as_secs(),
             token,
             keys,
-            pool: PoolStatus { sessions: self.pool.size() },
+            pool: PoolStatus { sessions: self.pool.size(), inline: self.pool.inline() },
             counters: Counters {
                 signatures: c.signatures.load(Ordering::Relaxed),
                 cache_hits,

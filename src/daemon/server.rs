@@ -2,7 +2,8 @@
 //! and how long a client may take to send a request or to read its answer.
 
 use super::agent::Agent;
-use super::connection::{Frame, Reader};
+use super::connection::{Frame, Reader, hung_up};
+use super::lanes::Lanes;
 use super::limits::{Slot, Slots};
 use crate::daemon::audit::Peer;
 use crate::log::Throttled;
@@ -72,6 +73,10 @@ pub async fn serve(
 ) {
     let slots = Slots::new(limits.max_connections, agent.owner());
     let floods = Arc::new(Floods::new());
+    // One lane per session; without threads to run them, connections are served here.
+    let lanes = Lanes::start(agent.sessions())
+        .inspect_err(|e| crate::warn!("cannot start the lanes ({e}); serving connections on one thread"))
+        .ok();
     // Each connection holds a clone; when all are dropped, every connection has ended.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
@@ -96,13 +101,27 @@ pub async fn serve(
                         slots.take(peer.uid).map_or(Admission::Busy, Admission::Serve)
                     };
                     let (agent, done, floods) = (agent.clone(), done_tx.clone(), floods.clone());
+                    let admission = match (admission, &lanes) {
+                        (Admission::Serve(slot), Some(lanes)) => {
+                            // The lane's reactor takes the socket over from this one.
+                            let Ok(stream) = stream.into_std() else { continue };
+                            let timeout = limits.read_timeout;
+                            lanes.spawn(move || async move {
+                                if let Ok(stream) = UnixStream::from_std(stream) {
+                                    serve_connection(stream, &agent, &peer, timeout, &floods).await;
+                                }
+                                drop((slot, done));
+                            });
+                            continue;
+                        }
+                        (admission, _) => admission,
+                    };
                     tokio::spawn(async move {
                         match admission {
                             Admission::Serve(slot) => {
                                 serve_connection(stream, &agent, &peer, limits.read_timeout, &floods).await;
                                 drop(slot);
-                            }
-                            Admission::Busy => {
+                            }                            Admission::Busy => {
                                 floods.busy.warn(format_args!(
                                     "too many connections; turned away one of uid {}",
                                     peer.uid
@@ -135,6 +154,7 @@ pub async fn serve(
     if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
         crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
     }
+    drop(lanes);
     floods.flush();
 }
 
@@ -164,7 +184,17 @@ async fn serve_connection(
         };
         let answer = match frame {
             Ok(Frame::Line) => {
-                let answer = agent.handle(reader.line(), peer).await;
+                // A client that hangs up while its request waits (for a slow token, for the
+                // request ahead with the same cache key) has it dropped unsigned.
+                let pipelined = reader.has_buffered();
+                let answer = tokio::select! {
+                    biased;
+                    answer = agent.handle(reader.line(), peer) => answer,
+                    () = hung_up(reader.get_ref()), if !pipelined => {
+                        reader.wipe_line();
+                        break;
+                    }
+                };
                 reader.wipe_line();
                 answer
             }

@@ -55,6 +55,18 @@ impl Agent {
         if !fresh && let Some(entry) = cache_key.as_deref().and_then(|k| self.cache.get(k, now)) {
             return self.serve_cached(entry, peer, record, now);
         }
+        // A miss: wait for any request signing the same thing now, then look again.
+        let _flight = match cache_key.as_deref() {
+            Some(k) if !fresh => {
+                let flight = self.cache.flight(k).await;
+                let now = jwt::now();
+                if let Some(entry) = self.cache.get(k, now) {
+                    return self.serve_cached(entry, peer, record, now);
+                }
+                Some(flight)
+            }
+            _ => None,
+        };
 
         let (minted, token, label) = self
             .mint_and_sign(key, peer.uid, move |key, policy, uid, now| {

@@ -1,22 +1,50 @@
-//! The session pool: N worker threads, each owning one PKCS#11 session (a `Session` is `Send`
-//! but not `Sync`, so one session never serves two threads). The async side hands them jobs
-//! over a shared queue and awaits the answer; no PKCS#11 call runs on the reactor. The queue
-//! needs no bound of its own: each connection has at most one request in flight, and the
-//! connections are capped.
+//! The session pool: N PKCS#11 sessions, each in one `Worker` (a `Session` is `Send` but not
+//! `Sync`, so one session never serves two threads at once).
+//!
+//! A call runs one of two ways, chosen by how long the token's calls take (a running mean):
+//!
+//! - **Inline**, on a fast token (SoftHSM, a local HSM: well under a millisecond): the thread
+//!   that asks takes an idle worker and calls the token itself. The daemon's connections are
+//!   spread over as many lanes (threads with their own reactor) as there are sessions, so a lane
+//!   blocks only its own connections, for as long as a session would make them wait anyway, and
+//!   a request costs no thread wake-up between reading it and answering it.
+//! - **Queued**, on a slow token (a YubiHSM 2 at 20 ms, a TPM, a network HSM): the call goes to
+//!   a FIFO queue that N pool threads take from, each with an idle worker, and the asking task
+//!   awaits the answer, so no reactor waits on the device and every connection another session
+//!   could serve is served. A job whose asker has gone (its client closed the connection) is
+//!   dropped before it reaches the token.
+//!
+//! The queue needs no bound of its own: each connection has at most one request in flight, and
+//! the connections are capped.
 
 use super::{Token, TokenError};
 use cryptoki::session::Session;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
-/// A fixed set of sessions on one token, each used by one blocking worker thread at a time.
+/// Token calls that take less than this, on average, run inline.
+pub const INLINE_BELOW: Duration = Duration::from_millis(1);
+
+/// A fixed set of sessions on one token.
 pub struct Pool {
     token: Arc<Token>,
-    jobs: crossbeam_channel::Sender<Job>,
-    workers: Vec<JoinHandle<Option<Session>>>,
+    shared: Arc<Shared>,
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    size: usize,
+}
+
+/// What the askers and the pool threads share: the idle workers and the running mean.
+struct Shared {
+    idle: Mutex<Vec<Worker>>,
+    returned: Condvar,
+    /// How long a token call takes, in microseconds: an exponentially weighted mean (1/8).
+    mean_micros: AtomicU64,
 }
 
 /// A worker's view: the token, and its own session, reopened when the token drops it.
@@ -28,8 +56,9 @@ pub struct Worker {
 }
 
 impl Pool {
-    /// Starts `size` workers. `first` is the session that logged in; the others are opened
-    /// now, so that a token with too few sessions fails at start, not on a request.
+    /// Opens `size` sessions and starts the pool threads. `first` is the session that logged
+    /// in; the others are opened now, so that a token with too few sessions fails at start, not
+    /// on a request.
     pub fn start(token: Arc<Token>, first: Session, size: usize) -> Result<Pool, TokenError> {
         let size = size.max(1);
         let mut sessions = vec![first];
@@ -37,55 +66,90 @@ impl Pool {
             sessions.push(token.open_session()?);
         }
         token.allow_reload();
+        let workers = sessions
+            .into_iter()
+            .map(|session| Worker {
+                token: token.clone(),
+                session: Some(session),
+                generation: token.generation(),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            idle: Mutex::new(workers),
+            returned: Condvar::new(),
+            mean_micros: AtomicU64::new(0),
+        });
         let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
-        let mut workers = Vec::with_capacity(size);
-        for (n, session) in sessions.into_iter().enumerate() {
-            let generation = token.generation();
-            let worker = Worker { token: token.clone(), session: Some(session), generation };
-            let receiver = receiver.clone();
+        let mut threads = Vec::with_capacity(size);
+        for n in 0..size {
+            let (shared, receiver) = (shared.clone(), receiver.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("pkcs11-{n}"))
-                .spawn(move || worker.run(&receiver))
+                .spawn(move || shared.serve(&receiver))
                 .map_err(|e| TokenError::Other(format!("cannot start a worker thread: {e}")))?;
-            workers.push(handle);
+            threads.push(handle);
         }
-        Ok(Pool { token, jobs, workers })
+        Ok(Pool { token, shared, jobs: Some(jobs), threads, size })
     }
 
     pub fn size(&self) -> usize {
-        self.workers.len()
+        self.size
     }
 
     pub fn token(&self) -> &Arc<Token> {
         &self.token
     }
 
-    /// Runs `f` on a worker's session. When the token has dropped the session or the login,
-    /// the worker reopens the session, logs in again with the PIN that worked, and runs `f`
-    /// once more; a second failure is returned.
+    /// Whether calls run inline now: the token answers fast.
+    pub fn inline(&self) -> bool {
+        self.shared.fast()
+    }
+
+    /// Runs `f` on a worker's session: inline when the token is fast and a worker is idle,
+    /// else through the queue. When the token has dropped the session or the login, the worker
+    /// reopens the session, logs in again with the PIN that worked, and runs `f` once more; a
+    /// second failure is returned.
     pub async fn run<T, F>(&self, f: F) -> Result<T, TokenError>
     where
         T: Send + 'static,
         F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
     {
+        if self.shared.fast()
+            && let Some(mut worker) = self.shared.try_take()
+        {
+            let result = self.shared.timed(|| worker.call(&f));
+            self.shared.give_back(worker);
+            return result;
+        }
         let (reply, answer) = oneshot::channel();
+        let shared = self.shared.clone();
         let job: Job = Box::new(move |worker: &mut Worker| {
-            // The caller may have gone away; its answer is then dropped.
-            let _ = reply.send(worker.call(&f));
+            // The asker has gone (its client closed the connection): nothing is done for it.
+            if reply.is_closed() {
+                return;
+            }
+            let _ = reply.send(shared.timed(|| worker.call(&f)));
         });
-        self.jobs.send(job).map_err(|_| TokenError::ShuttingDown)?;
+        let jobs = self.jobs.as_ref().ok_or(TokenError::ShuttingDown)?;
+        jobs.send(job).map_err(|_| TokenError::ShuttingDown)?;
         answer.await.map_err(|_| TokenError::ShuttingDown)?
     }
 
-    /// Stops taking jobs, lets the workers finish the queue, logs out and finalizes the module.
-    pub fn shutdown(self) {
-        let Pool { token, jobs, workers } = self;
-        drop(jobs);
-        let sessions: Vec<Session> = workers.into_iter().filter_map(|w| w.join().ok().flatten()).collect();
+    /// Stops taking jobs, lets the pool threads finish the queue, logs out and finalizes the
+    /// module.
+    pub fn shutdown(mut self) {
+        drop(self.jobs.take());
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+        let Pool { token, shared, .. } = self;
+        let workers = std::mem::take(&mut *shared.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let sessions: Vec<Session> = workers.into_iter().filter_map(|mut w| w.session.take()).collect();
         if let Some(session) = sessions.first() {
             token.logout(session);
         }
         drop(sessions);
+        drop(shared);
         match Arc::try_unwrap(token) {
             Ok(token) => token.finalize(),
             Err(_) => crate::warn!("the token is still in use at shutdown; not finalizing the module"),
@@ -93,16 +157,55 @@ impl Pool {
     }
 }
 
-impl Worker {
-    fn run(mut self, jobs: &crossbeam_channel::Receiver<Job>) -> Option<Session> {
-        // The next idle worker takes the next job; when the pool shuts down, the queue is
-        // drained first.
-        while let Ok(job) = jobs.recv() {
-            job(&mut self);
-        }
-        self.session.take()
+impl Shared {
+    fn fast(&self) -> bool {
+        self.mean_micros.load(Ordering::Relaxed) < INLINE_BELOW.as_micros() as u64
     }
 
+    fn try_take(&self) -> Option<Worker> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// An idle worker, waiting for one to come back if none is.
+    fn take(&self) -> Worker {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(worker) = idle.pop() {
+                return worker;
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn give_back(&self, worker: Worker) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(worker);
+        self.returned.notify_one();
+    }
+
+    /// Runs `call` and counts how long it took into the running mean.
+    fn timed<T>(&self, call: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = call();
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // One writer at a time is not needed: a lost update only delays the mean a little.
+        let mean = self.mean_micros.load(Ordering::Relaxed);
+        let next = mean - mean / 8 + took / 8;
+        self.mean_micros.store(next, Ordering::Relaxed);
+        out
+    }
+
+    /// A pool thread: takes the next job in order, and an idle worker to run it on. When the
+    /// pool shuts down, the queue is drained first.
+    fn serve(&self, jobs: &crossbeam_channel::Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            let mut worker = self.take();
+            job(&mut worker);
+            self.give_back(worker);
+        }
+    }
+}
+
+impl Worker {
     fn call<T>(&mut self, f: &dyn Fn(&Token, &Session) -> Result<T, TokenError>) -> Result<T, TokenError> {
         // A job that panics (a bug) fails its request, not the worker: the session it may have
         // left mid-operation is dropped, and the next job opens a new one.

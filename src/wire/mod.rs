@@ -461,6 +461,10 @@ pub struct PinCounters {
 pub struct PoolStatus {
     /// Number of PKCS#11 sessions (and worker threads).
     pub sessions: usize,
+    /// Whether token calls run inline on the thread serving the connection (a fast token), or
+    /// through the pool's queue (a slow one).
+    #[serde(default)]
+    pub inline: bool,
 }
 
 /// The counters part of `status`.

@@ -458,6 +458,25 @@ impl Conn {
         serde_json::from_slice(&line).unwrap()
     }
 
+    /// Whether an answer (or its first byte) has arrived, without waiting for one.
+    pub fn has_answer(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer that lives through the call; MSG_PEEK leaves it unread.
+        let peeked = unsafe {
+            libc::recv(
+                self.writer.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        peeked > 0
+    }
+
     /// Sends one line (a newline is added) and reads the answer.
     pub fn ask(&mut self, line: &str) -> Value {
         self.send_raw(format!("{line}\n").as_bytes());
@@ -620,7 +639,8 @@ pub fn faulty_module() -> PathBuf {
                     .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
                     .arg(&out)
                     .arg(source)
-                    .arg("-ldl"),
+                    .arg("-ldl")
+                    .arg("-lpthread"),
             );
             out
         })

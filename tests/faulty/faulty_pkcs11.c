@@ -15,6 +15,8 @@
  *     device_error      signing fails with CKR_DEVICE_ERROR
  *     pin_incorrect     every C_Login fails with CKR_PIN_INCORRECT
  *     hang MS           every C_Sign waits MS milliseconds first
+ *     slow MS           a slow device, like a YubiHSM 2: every C_Sign takes MS milliseconds
+ *                       and the device makes one signature at a time, in the order asked
  *     final_try         C_GetTokenInfo reports CKF_USER_PIN_FINAL_TRY (one more wrong PIN locks)
  * FAULTY_PKCS11_LOG      if set, a file that gets one line per forwarded C_Login, C_OpenSession
  *                        and C_SignInit, so tests can count them
@@ -22,6 +24,7 @@
  * Only the calls the agent makes are wrapped; the rest of the function list is the real one.
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +82,11 @@ static function_list *real;
 static function_list ours;
 static CK_SLOT_ID last_slot;
 static int removed_sessions_closed;
+
+/* The slow device: one signature at a time, first come first served (a ticket lock). */
+static pthread_mutex_t device = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t device_turn = PTHREAD_COND_INITIALIZER;
+static unsigned long device_next, device_serving;
 
 static void fault(char *out, size_t size) {
     out[0] = 0;
@@ -188,6 +196,21 @@ static CK_RV sign(CK_SESSION_HANDLE session, CK_BYTE *data, CK_ULONG len, CK_BYT
         CK_ULONG scratch_len = sizeof scratch;
         ((sign_fn)real->fn[SIGN])(session, data, len, scratch, &scratch_len);
         return CKR_DEVICE_ERROR;
+    }
+    if (strncmp(f, "slow ", 5) == 0 && sig) {
+        long ms = atol(f + 5);
+        struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+        pthread_mutex_lock(&device);
+        unsigned long ticket = device_next++;
+        while (device_serving != ticket) pthread_cond_wait(&device_turn, &device);
+        pthread_mutex_unlock(&device);
+        nanosleep(&t, NULL);
+        CK_RV rv = ((sign_fn)real->fn[SIGN])(session, data, len, sig, sig_len);
+        pthread_mutex_lock(&device);
+        device_serving++;
+        pthread_cond_broadcast(&device_turn);
+        pthread_mutex_unlock(&device);
+        return rv;
     }
     if (strncmp(f, "hang ", 5) == 0) {
         long ms = atol(f + 5);

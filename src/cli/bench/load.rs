@@ -29,6 +29,10 @@ pub struct Stats {
     pub errors: u64,
     /// Requests made.
     pub requests: u64,
+    /// How much longer than its fair share the slowest connection waited: the mean number of
+    /// signatures per connection over the fewest any one got (1.0 is perfectly fair).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_share: Option<f64>,
 }
 
 /// Latencies (microseconds) and time spent, gathered over slices.
@@ -37,6 +41,8 @@ pub struct Samples {
     latencies: Vec<u32>,
     errors: u64,
     busy: Duration,
+    /// Answers each connection got, by its place in the slice.
+    per_connection: Vec<u64>,
 }
 
 impl Samples {
@@ -45,6 +51,12 @@ impl Samples {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.busy += other.busy;
+        if self.per_connection.len() < other.per_connection.len() {
+            self.per_connection.resize(other.per_connection.len(), 0);
+        }
+        for (mine, theirs) in self.per_connection.iter_mut().zip(other.per_connection) {
+            *mine += theirs;
+        }
     }
 
     /// The rate and percentiles of what was gathered.
@@ -59,7 +71,15 @@ impl Samples {
             }
         };
         let seconds = self.busy.as_secs_f64();
+        let slowest_share = match (self.per_connection.iter().min(), self.per_connection.len()) {
+            (Some(&fewest), connections) if connections > 1 && fewest > 0 => {
+                let mean = self.per_connection.iter().sum::<u64>() as f64 / connections as f64;
+                Some(mean / fewest as f64)
+            }
+            _ => None,
+        };
         Stats {
+            slowest_share,
             rate: if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
             p50_ms: at(0.50),
             p99_ms: at(0.99),
@@ -116,7 +136,9 @@ pub fn agent_slice(
             .collect();
         let mut all = Samples::default();
         for one in loops {
-            all.add(one.await.unwrap_or_default());
+            let one = one.await.unwrap_or_default();
+            all.per_connection.push(one.latencies.len() as u64);
+            all.add(one);
         }
         all.busy = started.elapsed();
         Ok(all)
@@ -240,10 +262,21 @@ mod tests {
             latencies: (1..=100).map(|ms| ms * 1000).collect(),
             errors: 2,
             busy: Duration::from_secs(2),
+            per_connection: vec![30, 50, 20],
         };
         let stats = samples.stats();
         assert_eq!(stats.rate, 50.0);
         assert_eq!((stats.p50_ms, stats.p99_ms, stats.max_ms), (51.0, 100.0, 100.0));
         assert_eq!((stats.errors, stats.requests), (2, 102));
+        // The mean connection got 33.3 answers, the slowest 20.
+        assert!((stats.slowest_share.unwrap() - 100.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slices_add_up_per_connection() {
+        let slice = |counts: Vec<u64>| Samples { per_connection: counts, ..Samples::default() };
+        let mut all = slice(vec![1, 2]);
+        all.add(slice(vec![3, 4, 5]));
+        assert_eq!(all.per_connection, vec![4, 6, 5]);
     }
 }

@@ -117,9 +117,12 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
 }
 
 fn line(name: &str, load: &str, s: &Stats) -> String {
-    let errors = if s.errors > 0 { format!("  {} errors", s.errors) } else { String::new() };
+    let mut extra = if s.errors > 0 { format!("  {} errors", s.errors) } else { String::new() };
+    if let Some(share) = s.slowest_share {
+        extra.push_str(&format!("  slowest {share:.2}x fair"));
+    }
     format!(
-        "{name:<7} {load:<15} {:>9.0} signatures/s  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms{errors}",
+        "{name:<7} {load:<15} {:>9.0} signatures/s  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms{extra}",
         s.rate, s.p50_ms, s.p99_ms, s.max_ms
     )
 }
