@@ -30,9 +30,26 @@ pub use jwt::{Alg, Ttl};
 pub use key::{KeyError, PublicKey};
 pub use wire::{ErrorCode, WireError};
 
-/// The command line, as `main` runs it.
+/// The command line, as `main` runs it: returns the exit status.
 #[doc(hidden)]
-pub use cli::main;
+pub use cli::run_command_line as run;
+
+/// What std's start-up would do that the binary relies on, for a `main` without it: fds 0, 1
+/// and 2 open (on /dev/null if they were closed, so that no file or socket opened later takes
+/// their place), and SIGPIPE ignored (a write to a closed pipe or socket fails instead of
+/// killing the process).
+#[doc(hidden)]
+pub fn start_up() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a NUL-terminated path; the descriptor returned is the lowest free, `fd`.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
 
 /// The global allocator of the binary: it zeroes each block it frees.
 #[doc(hidden)]

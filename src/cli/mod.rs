@@ -18,7 +18,6 @@ pub(crate) use failure::{EXIT_OTHER, EXIT_REFUSED, EXIT_TOKEN, EXIT_USAGE, Failu
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// Sign JWTs with keys that never leave a PKCS#11 token.
 #[derive(Debug, Parser)]
@@ -215,18 +214,54 @@ fn parse_alg(name: &str) -> Result<Alg, String> {
 }
 
 /// Parses the command line, runs the command, and returns the exit status.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let name = cli.command.name();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+pub fn run_command_line() -> u8 {
+    // The one-shot hot path skips building clap's command tree, which costs more than the
+    // whole round trip to the agent (docs/performance.md); anything it does not recognize goes
+    // to clap, which then parses, explains and refuses as usual.
+    let command = match quick_sign_input(std::env::args_os().skip(1)) {
+        Some(args) => Command::SignInput(args),
+        None => Cli::parse().command,
+    };
+    let name = command.name();
+    match run(command) {
+        Ok(()) => 0,
         Err(failure) => {
             if !failure.is_silent() {
                 eprintln!("{}", failure.line(name));
             }
-            ExitCode::from(failure.status)
+            failure.status
         }
     }
+}
+
+/// `sign-input --key KEY [--socket PATH] INPUT`, flags in any order and as `--flag=VALUE` too,
+/// read without clap; `None` for anything else (help, an unknown or repeated flag, a value that
+/// looks like a flag, `--`), which clap then handles.
+fn quick_sign_input(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<SignInputArgs> {
+    if args.next()? != "sign-input" {
+        return None;
+    }
+    let (mut key, mut socket, mut input) = (None, None, None);
+    while let Some(arg) = args.next() {
+        let arg = arg.into_string().ok()?;
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
+            _ => (arg, None),
+        };
+        let mut value = || match inline.clone() {
+            Some(value) => Some(value),
+            None => args.next()?.into_string().ok().filter(|v| !v.starts_with('-')),
+        };
+        match flag.as_str() {
+            "--key" if key.is_none() => key = Some(value()?),
+            "--socket" if socket.is_none() => socket = Some(PathBuf::from(value()?)),
+            positional if input.is_none() && (positional == "-" || !positional.starts_with('-')) => {
+                input = Some(positional.to_owned());
+            }
+            _ => return None,
+        }
+    }
+    Some(SignInputArgs { socket: SocketArgs { socket }, key: key?, input: input? })
 }
 
 fn run(command: Command) -> Result<(), Failure> {
@@ -458,6 +493,42 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_quick_sign_input_reads_what_clap_reads_and_leaves_the_rest_to_it() {
+        use clap::Parser;
+        let args = |line: &str| line.split(' ').map(std::ffi::OsString::from).collect::<Vec<_>>();
+        for line in [
+            "sign-input --key asc e30.e30",
+            "sign-input e30.e30 --key asc",
+            "sign-input --key=asc --socket /tmp/s e30.e30",
+            "sign-input --socket=/tmp/s - --key asc",
+        ] {
+            let quick = quick_sign_input(args(line).into_iter()).expect(line);
+            let mut with_name = args(line);
+            with_name.insert(0, "jwt-agent".into());
+            let Command::SignInput(clapped) = Cli::parse_from(with_name).command else { panic!("{line}") };
+            assert_eq!(
+                (quick.key, quick.socket.socket, quick.input),
+                (clapped.key, clapped.socket.socket, clapped.input),
+                "{line}"
+            );
+        }
+        for line in [
+            "sign --key asc",
+            "sign-input --help",
+            "sign-input --key asc",
+            "sign-input e30.e30",
+            "sign-input --key asc --key b e30.e30",
+            "sign-input --key -x e30.e30",
+            "sign-input --key asc a b",
+            "sign-input --key asc -- e30.e30",
+            "sign-input --kee asc e30.e30",
+            "sign-input --key",
+        ] {
+            assert!(quick_sign_input(args(line).into_iter()).is_none(), "{line}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! HTTPS for exchanges: ureq over rustls, certificates verified against Mozilla's roots plus any
-//! `--ca-file` adds, no plain HTTP, no redirects (an assertion is posted to the URL given and
-//! nowhere else), bounded answers and time.
+//! HTTPS for exchanges: ureq over rustls (on macOS over the system's TLS, Security.framework),
+//! certificates verified against Mozilla's roots (on macOS the keychain's) plus any `--ca-file`
+//! adds, no plain HTTP, no redirects (an assertion is posted to the URL given and nowhere
+//! else), bounded answers and time.
 
 use super::ExchangeError;
 use std::path::Path;
 use std::time::Duration;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use zeroize::Zeroizing;
 
 /// How long one exchange may take, connection and answer.
@@ -39,10 +40,16 @@ pub enum Body<'a> {
 }
 
 impl Https {
-    /// A client that trusts Mozilla's roots, and with `ca_file` also the certificates in it.
+    /// A client that trusts Mozilla's roots (on macOS the keychain's), and with `ca_file`
+    /// Mozilla's and the certificates in it.
     pub fn new(ca_file: Option<&Path>) -> Result<Https, ExchangeError> {
+        let (provider, system_roots) = if cfg!(target_os = "macos") {
+            (TlsProvider::NativeTls, RootCerts::PlatformVerifier)
+        } else {
+            (TlsProvider::Rustls, RootCerts::WebPki)
+        };
         let roots = match ca_file {
-            None => RootCerts::WebPki,
+            None => system_roots,
             Some(path) => {
                 let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
                     .iter()
@@ -58,7 +65,7 @@ impl Https {
             .max_redirects(0)
             .timeout_global(Some(TIMEOUT))
             .user_agent(concat!("jwt-agent/", env!("CARGO_PKG_VERSION")))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .tls_config(TlsConfig::builder().provider(provider).root_certs(roots).build())
             .build();
         Ok(Https { agent: config.into() })
     }
