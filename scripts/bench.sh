@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the numbers of docs/performance.md on this machine, end to end, on a fresh SoftHSM
 # token: `jwt-agent bench --direct` at 1, 2, 4, 8, 16 and 64 connections, a cache hit, the
-# one-shot CLI against a shell pipeline of openssl + pkcs11-tool and against a PyJWT script
-# signing with the .p8 in process, and the daemon's memory before and after 100,000 signatures.
+# one-shot CLI against a hello-world Rust binary, a shell pipeline of openssl + pkcs11-tool and
+# a PyJWT script signing with the .p8 in process, a slow device (the test fault module, 20 ms
+# per signature) at 1 to 8 sessions, and the daemon's memory before and after 100,000 signatures.
 # It rewrites docs/performance.md. Usage: ./scripts/bench.sh [SECONDS_PER_POINT] (default 5)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,12 +34,17 @@ chmod 600 "$work/pin"
 softhsm2-util --init-token --free --label bench --pin 123456 --so-pin 654321 >/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/AuthKey_BENCHKEY01.p8" 2>/dev/null
 
+step "building the fault module (the slow device) and a hello-world binary"
+cc -shared -fPIC -O2 -o "$work/faulty_pkcs11.so" tests/faulty/faulty_pkcs11.c -ldl -lpthread
+printf 'fn main() {\n    println!("hello");\n}\n' >"$work/hello.rs"
+rustc -O -o "$work/hello" "$work/hello.rs"
+
 step "starting the agent on a fresh SoftHSM token"
 eval "$(target/release/jwt-agent start --module "$module" --token bench --pin-file "$work/pin" \
     --socket "$work/run/agent.sock")" >&2
 target/release/jwt-agent import "$work/AuthKey_BENCHKEY01.p8" >/dev/null
 
 step "measuring (${seconds}s per point)"
-python3 scripts/bench_report.py --module "$module" --work "$work" --seconds "$seconds" \
-    --out docs/performance.md
+python3 scripts/bench_report.py --module "$module" --faulty "$work/faulty_pkcs11.so" \
+    --hello "$work/hello" --work "$work" --seconds "$seconds" --out docs/performance.md
 step "wrote docs/performance.md"

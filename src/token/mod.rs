@@ -366,12 +366,15 @@ impl Token {
         }
         let plan = sign::plan(alg, key, &self.mechanisms)?;
         let data = plan.data(input);
+        // One `C_Sign` with a buffer of the known length, not cryptoki's two (the first only
+        // asks for the length): on a network HSM, or through a YubiHSM's connector, each call
+        // may be a round trip.
+        let raw = self
+            .raw
+            .get_or_init(|| raw::RawSign::load(&self.module).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| TokenError::Other(e.clone()))?;
         let signature = if key.always_authenticate {
-            let raw = self
-                .raw
-                .get_or_init(|| raw::RawSign::load(&self.module).map_err(|e| e.to_string()))
-                .as_ref()
-                .map_err(|e| TokenError::Other(e.clone()))?;
             let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
             let pin = pin.as_ref().ok_or(TokenError::Locked)?;
             if self.pin_rejected.load(Ordering::SeqCst) {
@@ -394,7 +397,8 @@ impl Token {
             }
             raw.sign(session.handle(), &data, plan.signature_len)?
         } else {
-            session.sign(&plan.mechanism, key.handle, &data)?
+            session.sign_init(&plan.mechanism, key.handle)?;
+            raw.sign(session.handle(), &data, plan.signature_len)?
         };
         if signature.len() != plan.signature_len {
             return Err(TokenError::BadSignature { alg, len: signature.len() });

@@ -1,7 +1,8 @@
 //! The one PKCS#11 call cryptoki does not offer in the shape needed: a single-part `C_Sign`
-//! after `C_SignInit` and a context-specific `C_Login`, for keys with `CKA_ALWAYS_AUTHENTICATE`
-//! (a YubiKey's PIV slot 9c). cryptoki's `sign` always calls `C_SignInit` itself, and raw
-//! ECDSA cannot be done in parts, so the login has to come between the two calls.
+//! after our own `C_SignInit`, into a buffer of the signature's known length. cryptoki's `sign`
+//! calls `C_SignInit` itself (keys with `CKA_ALWAYS_AUTHENTICATE`, a YubiKey's PIV slot 9c, need
+//! a context-specific `C_Login` between the two, and raw ECDSA cannot be done in parts), and it
+//! calls `C_Sign` twice, first for the length: a round trip more on a network HSM.
 
 use super::TokenError;
 use cryptoki::context::Function;

@@ -14,7 +14,8 @@
  *     not_logged_in     signing fails with CKR_USER_NOT_LOGGED_IN
  *     device_error      signing fails with CKR_DEVICE_ERROR
  *     pin_incorrect     every C_Login fails with CKR_PIN_INCORRECT
- *     hang MS           every C_Sign waits MS milliseconds first
+ *     hang MS           every C_Sign waits MS milliseconds first (in parallel; not the
+ *                       call that only asks for the signature's length)
  *     slow MS           a slow device, like a YubiHSM 2: every C_Sign takes MS milliseconds
  *                       and the device makes one signature at a time, in the order asked
  *     final_try         C_GetTokenInfo reports CKF_USER_PIN_FINAL_TRY (one more wrong PIN locks)
@@ -212,7 +213,7 @@ static CK_RV sign(CK_SESSION_HANDLE session, CK_BYTE *data, CK_ULONG len, CK_BYT
         pthread_mutex_unlock(&device);
         return rv;
     }
-    if (strncmp(f, "hang ", 5) == 0) {
+    if (strncmp(f, "hang ", 5) == 0 && sig) {
         long ms = atol(f + 5);
         struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
         nanosleep(&t, NULL);

@@ -106,11 +106,16 @@ pub fn signing_input(alg: Alg) -> String {
 /// (a single-threaded tokio runtime), the request line is encoded once, and an answer is checked
 /// for `{"ok":true`, not parsed; so the load generator takes as little of the machine as it can
 /// from the agent it measures.
+///
+/// Connection `i` of slice `turn` is counted as client `(i + turn) % connections`: the ones that
+/// connect first also ask first, and a slice's end cuts the last ones in line short, so each
+/// client takes every place in line in turn.
 pub fn agent_slice(
     socket: &Path,
     connections: usize,
     duration: Duration,
     request: &Request,
+    turn: usize,
 ) -> Result<Samples, ClientError> {
     let line: Arc<[u8]> = crate::wire::encode_request(None, request).map_err(std::io::Error::other)?.into();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -134,10 +139,10 @@ pub fn agent_slice(
             .into_iter()
             .map(|stream| tokio::spawn(closed_loop(stream, line.clone(), deadline)))
             .collect();
-        let mut all = Samples::default();
-        for one in loops {
+        let mut all = Samples { per_connection: vec![0; connections], ..Samples::default() };
+        for (i, one) in loops.into_iter().enumerate() {
             let one = one.await.unwrap_or_default();
-            all.per_connection.push(one.latencies.len() as u64);
+            all.per_connection[(i + turn) % connections] = one.latencies.len() as u64;
             all.add(one);
         }
         all.busy = started.elapsed();

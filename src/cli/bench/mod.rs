@@ -83,10 +83,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let slice = Duration::from_secs(1);
     let (mut agent, mut raw) = (Samples::default(), Samples::default());
     let socket = crate::paths::socket_path(args.socket.socket.as_deref());
-    let mut done = Duration::ZERO;
+    let (mut done, mut turn) = (Duration::ZERO, 0);
     while done < total {
         let this = slice.min(total - done);
-        let samples = load::agent_slice(&socket, usize::from(args.connections), this, &request)?;
+        let samples = load::agent_slice(&socket, usize::from(args.connections), this, &request, turn)?;
+        turn += 1;
         agent.add(samples);
         if let Some(direct) = direct.as_mut() {
             let samples =
