@@ -16,6 +16,7 @@ command -v softhsm2-util >/dev/null || missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
 apt_install "${missing[@]}"
 python3 -c 'import jwt, cryptography' 2>/dev/null || pip_install PyJWT cryptography
 

@@ -65,15 +65,6 @@ def b64(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def wall_ms(command, runs, shell=False):
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), sorted(times)[int(len(times) * 0.9)]
-
-
 def chart(path, title, xlabel, xs_values, series):
     """Lines of `series` [(label, color, [y per x])] against the categories `xs_values`."""
     w, h, left, right, top, bottom = 640, 360, 70, 20, 30, 50
@@ -112,15 +103,15 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def interleaved_median_ms(commands, runs):
-    """Each command's median wall time, run in turn so that all see the same machine."""
-    times = [[] for _ in commands]
-    for _ in range(runs):
-        for i, command in enumerate(commands):
-            start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times[i].append((time.perf_counter() - start) * 1000)
-    return [statistics.median(t) for t in times]
+def hyperfine_ms(commands, runs, shell=False):
+    """Each command's median wall time by hyperfine, which runs them without a shell (`-N`) or
+    subtracts the shell's own start-up from a pipeline."""
+    out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"hyperfine-{os.getpid()}.json")
+    sh("hyperfine", *([] if shell else ["-N"]), "--warmup", "20", "--runs", str(runs), "--export-json", out, *commands)
+    with open(out) as f:
+        results = json.load(f)["results"]
+    os.unlink(out)
+    return [r["median"] * 1000 for r in results]
 
 
 class SlowAgent:
@@ -198,11 +189,11 @@ def main():
     header = b64(json.dumps({"alg": "ES256", "kid": KEY, "typ": "JWT"}).encode())
     claims = b64(json.dumps({"iss": "bench", "iat": int(time.time()), "aud": "appstoreconnect-v1"}).encode())
     signing_input = f"{header}.{claims}"
-    hello_ms, oneshot = interleaved_median_ms([[a.hello], [BIN, "sign-input", "--key", KEY, signing_input]], 400)
+    hello_ms, oneshot = hyperfine_ms([a.hello, f"{BIN} sign-input --key {KEY} {signing_input}"], 500)
     pipeline = (f"printf %s '{signing_input}' | openssl dgst -sha256 -binary | "
                 f"pkcs11-tool --module {a.module} --token-label bench --login --pin \"$(cat {pin_file})\" "
                 f"--sign --mechanism ECDSA --label {KEY} -o {a.work}/sig.bin")
-    pipe_ms, _ = wall_ms(pipeline, 40, shell=True)
+    pipe_ms = hyperfine_ms([pipeline], 40, shell=True)[0]
     pyjwt_script = os.path.join(a.work, "pyjwt_sign.py")
     with open(pyjwt_script, "w") as f:
         f.write("import jwt, sys, time\n"
@@ -210,7 +201,7 @@ def main():
                 "now = int(time.time())\n"
                 f"print(jwt.encode({{'iss': 'bench', 'iat': now, 'exp': now + 1200, 'aud': 'appstoreconnect-v1'}}, key,"
                 f" algorithm='ES256', headers={{'kid': {KEY!r}}}))\n")
-    pyjwt_ms, _ = wall_ms([sys.executable, pyjwt_script], 40)
+    pyjwt_ms = hyperfine_ms([f"{sys.executable} {pyjwt_script}"], 20)[0]
 
     # The slow device: one signature at a time (a YubiHSM 2), and one that signs in parallel
     # with the same latency (a network HSM), at 16 connections, against the sessions.
@@ -277,8 +268,8 @@ def main():
         f.write("Measured by `./scripts/bench.sh` on a fresh SoftHSM token, load generator on the same machine; "
                 "regenerate it with that command. Every comparison below is from one run: `jwt-agent bench "
                 "--direct` interleaves one-second slices of agent load and of raw `C_Sign` in process, with as "
-                f"many threads as the agent has sessions ({sessions} on the fast token); the one-shot and the "
-                "hello-world binary run in turn.\n\n")
+                f"many threads as the agent has sessions ({sessions} on the fast token); single commands are "
+                "timed by hyperfine (medians; no shell, or the shell's start-up subtracted for the pipeline).\n\n")
         f.write(f"- Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}\n")
         f.write(f"- Token: {sh('softhsm2-util', '--version').strip() and 'SoftHSM ' + sh('softhsm2-util', '--version').strip()}, ES256 key, "
                 f"{sessions} sessions; {a.seconds} s per point\n")

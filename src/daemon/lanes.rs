@@ -1,18 +1,16 @@
 //! Lanes: the threads that serve connections, one per session, each with its own
-//! current-thread reactor. The accept loop hands each new connection to the lane with the
-//! fewest; from then on one thread reads the connection's requests, asks the token (inline on a
+//! current-thread reactor. Each lane accepts on the listening socket and serves what it
+//! accepted (`server.rs`): one thread reads a connection's requests, asks the token (inline on a
 //! fast token, see `token/pool.rs`) and writes the answers, so a request crosses no thread
 //! between the socket and the token and back.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
-/// What a lane is handed: a closure that makes the connection's future on the lane (so that
-/// its socket registers with the lane's reactor).
+/// What a lane is handed: a closure that makes the future on the lane (so that the sockets it
+/// makes register with the lane's reactor).
 type Task = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The lanes; stopped and joined when dropped.
@@ -23,17 +21,6 @@ pub struct Lanes {
 struct Lane {
     tasks: Option<mpsc::UnboundedSender<Task>>,
     thread: Option<JoinHandle<()>>,
-    /// Connections it serves now.
-    load: Arc<AtomicUsize>,
-}
-
-/// Counts a connection on its lane while it lives.
-struct Load(Arc<AtomicUsize>);
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Lanes {
@@ -50,30 +37,25 @@ impl Lanes {
                     }
                 });
             })?;
-            lanes.push(Lane { tasks: Some(tasks), thread: Some(thread), load: Arc::default() });
+            lanes.push(Lane { tasks: Some(tasks), thread: Some(thread) });
         }
         Ok(Lanes { lanes })
     }
 
-    /// Runs the future `make` builds on the lane that serves the fewest connections.
-    pub fn spawn<F, Fut>(&self, make: F)
+    /// How many lanes there are.
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Runs the future `make` builds on lane `lane`.
+    pub fn spawn_on<F, Fut>(&self, lane: usize, make: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(lane) = self.lanes.iter().min_by_key(|lane| lane.load.load(Ordering::Relaxed)) else {
-            return;
-        };
-        lane.load.fetch_add(1, Ordering::Relaxed);
-        let load = Load(lane.load.clone());
-        let task: Task = Box::new(move || {
-            Box::pin(async move {
-                let _load = load;
-                make().await;
-            })
-        });
-        if let Some(tasks) = &lane.tasks {
-            // A lane that has stopped drops the task, and with it the connection.
+        let task: Task = Box::new(move || Box::pin(make()));
+        if let Some(tasks) = self.lanes.get(lane).and_then(|lane| lane.tasks.as_ref()) {
+            // A lane that has stopped drops the task.
             let _ = tasks.send(task);
         }
     }

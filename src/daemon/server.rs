@@ -62,100 +62,140 @@ enum Admission {
     Forbidden,
 }
 
+/// What every accept loop shares.
+struct Accepting {
+    agent: Arc<Agent>,
+    limits: Limits,
+    slots: Arc<Slots>,
+    floods: Arc<Floods>,
+    /// Each connection (and accept loop) holds a clone; when all are dropped, all have ended.
+    done: mpsc::Sender<()>,
+}
+
 /// Serves connections on `listener` until `shutdown` resolves or a client sends `stop`, then
 /// waits (at most `DRAIN`) for each connection to finish the request it is on. The daemon
 /// passes SIGTERM and SIGINT as `shutdown`; tests pass what they like.
+///
+/// Every lane accepts on the listener itself and serves what it accepted, so a new connection,
+/// like each request after it, wakes one thread of the daemon, not two; an idle lane wakes
+/// first, a lane busy signing does not take connections meanwhile.
 pub async fn serve(
     listener: UnixListener,
     agent: Arc<Agent>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Slots::new(limits.max_connections, agent.owner());
-    let floods = Arc::new(Floods::new());
-    // One lane per session; without threads to run them, connections are served here.
+    let (done, mut done_rx) = mpsc::channel::<()>(1);
+    let accepting = Arc::new(Accepting {
+        slots: Slots::new(limits.max_connections, agent.owner()),
+        floods: Arc::new(Floods::new()),
+        agent: agent.clone(),
+        limits,
+        done,
+    });
+    let floods = accepting.floods.clone();
     let lanes = Lanes::start(agent.sessions())
         .inspect_err(|e| crate::warn!("cannot start the lanes ({e}); serving connections on one thread"))
         .ok();
-    // Each connection holds a clone; when all are dropped, every connection has ended.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    // The lanes each take a copy of the listening socket; without lanes, this thread serves.
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = agent.stopping() => break,
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Read at accept, before the client can exec something else: the audit's
-                    // pid and executable are advisory all the same (docs/security.md).
-                    let peer = match stream.peer_cred() {
-                        Ok(cred) => Peer::new(cred.uid(), cred.pid()),
+    match lanes.as_ref() {
+        Some(lanes) => match listener.into_std() {
+            Ok(listener) => {
+                for lane in 0..lanes.len() {
+                    let copy = match listener.try_clone() {
+                        Ok(copy) => copy,
                         Err(e) => {
-                            crate::warn!("cannot read a peer's credentials ({e}); closing the connection");
+                            crate::warn!("cannot give lane {lane} the socket: {e}");
                             continue;
                         }
                     };
-                    let admission = if !agent.admits(peer.uid) {
-                        Admission::Forbidden
-                    } else {
-                        slots.take(peer.uid).map_or(Admission::Busy, Admission::Serve)
-                    };
-                    let (agent, done, floods) = (agent.clone(), done_tx.clone(), floods.clone());
-                    let admission = match (admission, &lanes) {
-                        (Admission::Serve(slot), Some(lanes)) => {
-                            // The lane's reactor takes the socket over from this one.
-                            let Ok(stream) = stream.into_std() else { continue };
-                            let timeout = limits.read_timeout;
-                            lanes.spawn(move || async move {
-                                if let Ok(stream) = UnixStream::from_std(stream) {
-                                    serve_connection(stream, &agent, &peer, timeout, &floods).await;
-                                }
-                                drop((slot, done));
-                            });
-                            continue;
+                    let accepting = accepting.clone();
+                    lanes.spawn_on(lane, move || async move {
+                        match UnixListener::from_std(copy) {
+                            Ok(listener) => accept_loop(listener, &accepting).await,
+                            Err(e) => crate::warn!("lane {lane} cannot listen: {e}"),
                         }
-                        (admission, _) => admission,
-                    };
-                    tokio::spawn(async move {
-                        match admission {
-                            Admission::Serve(slot) => {
-                                serve_connection(stream, &agent, &peer, limits.read_timeout, &floods).await;
-                                drop(slot);
-                            }                            Admission::Busy => {
-                                floods.busy.warn(format_args!(
-                                    "too many connections; turned away one of uid {}",
-                                    peer.uid
-                                ));
-                                say_and_close(stream, &agent.busy(), limits.read_timeout).await;
-                            }
-                            Admission::Forbidden => {
-                                floods.forbidden.warn(format_args!(
-                                    "refused a connection from uid {} (pid {:?})",
-                                    peer.uid, peer.pid
-                                ));
-                                say_and_close(stream, &agent.forbidden(&peer), limits.read_timeout).await;
-                            }
-                        }
-                        drop(done);
                     });
                 }
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait, then go on serving.
-                    crate::warn!("accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    () = agent.stopping() => {}
+                    () = &mut shutdown => {}
                 }
-            },
-        }
+            }
+            Err(e) => crate::warn!("cannot hand the socket to the lanes: {e}"),
+        },
+        None => tokio::select! {
+            () = accept_loop(listener, &accepting) => {}
+            () = &mut shutdown => {}
+        },
     }
     crate::info!("stopping: no new connections; finishing requests in flight");
-    drop(listener);
     agent.request_stop();
-    drop(done_tx);
+    drop(accepting);
     if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
         crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
     }
     drop(lanes);
     floods.flush();
+}
+
+/// Accepts connections until the agent stops, serving each on this thread's runtime.
+async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>) {
+    let Accepting { agent, limits, slots, floods, done } = &**accepting;
+    loop {
+        let accepted = tokio::select! {
+            () = agent.stopping() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait, then go on serving.
+                crate::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Read at accept, before the client can exec something else: the audit's pid and
+        // executable are advisory all the same (docs/security.md).
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Peer::new(cred.uid(), cred.pid()),
+            Err(e) => {
+                crate::warn!("cannot read a peer's credentials ({e}); closing the connection");
+                continue;
+            }
+        };
+        let admission = if !agent.admits(peer.uid) {
+            Admission::Forbidden
+        } else {
+            slots.take(peer.uid).map_or(Admission::Busy, Admission::Serve)
+        };
+        let (agent, done, floods, timeout) =
+            (agent.clone(), done.clone(), floods.clone(), limits.read_timeout);
+        tokio::spawn(async move {
+            match admission {
+                Admission::Serve(slot) => {
+                    serve_connection(stream, &agent, &peer, timeout, &floods).await;
+                    drop(slot);
+                }
+                Admission::Busy => {
+                    floods
+                        .busy
+                        .warn(format_args!("too many connections; turned away one of uid {}", peer.uid));
+                    say_and_close(stream, &agent.busy(), timeout).await;
+                }
+                Admission::Forbidden => {
+                    floods.forbidden.warn(format_args!(
+                        "refused a connection from uid {} (pid {:?})",
+                        peer.uid, peer.pid
+                    ));
+                    say_and_close(stream, &agent.forbidden(&peer), timeout).await;
+                }
+            }
+            drop(done);
+        });
+    }
 }
 
 /// Writes the one answer a turned-away client gets, if it takes it in time, and closes.
