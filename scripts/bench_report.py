@@ -28,15 +28,22 @@ On a fast token a request takes two thread wake-ups: the client's request wakes 
 thread with its own reactor, one per session) that serves its connection, and that thread reads
 it, checks it, calls `C_Sign` itself and writes the answer, which wakes the client. Until
 issue 16 a request crossed four (the reactor, a session worker, the reactor again, the
-client), and `bench` reached 0.60 of the raw rate. The lanes call the token inline only while
-its calls average under 1 ms; a slower token's calls go to the pool's FIFO queue and its
+client), and `bench` reached 0.60 of the raw rate with a p99 of 3.4 ms. Each lane also accepts
+on the socket itself, so a new connection wakes one daemon thread too; one that would serve two
+connections more than another hands the new one over. The lanes call the token inline only
+while its calls average under 1 ms; a slower token's calls go to the pool's FIFO queue and its
 threads, so that no reactor waits on the device (`status` says which: `pool.inline`).
 
 CPU per signature, from the daemon's own counters (`/proc/PID/stat`) over the 16-connection run:
 {daemon_us:.0f} µs in the daemon, against {direct_us:.0f} µs for a raw `C_Sign` in process (two
-threads kept busy, divided by their rate). The difference, {overhead_us:.0f} µs, is the socket
-read and write, the JSON line, the signing-input checks and base64; the load generator runs on
-the same two cores and takes its share of them too.
+threads kept busy, divided by their rate). So the daemon costs about what the token does: the
+rest of the gap to the raw rate is the load generator, which runs on the same two cores (about
+15 µs of CPU per request of its own), and the time both sides spend switching threads: a `perf`
+profile of the daemon under this load puts about a third of its samples in the kernel, most of
+them in the scheduler, 33% in OpenSSL (the signature), 6% in SoftHSM and 7% in the agent's own
+code. Reaching 0.85 on two cores would need the lanes to stay awake between requests (a busy
+poll) or a cheaper load generator; neither was done. `C_Sign` is called once per signature
+(cryptoki's `sign` calls it twice, first for the length, a round trip more on a network HSM).
 
 A one-shot `sign-input` was 1.67x a hello-world process: a profile (callgrind) put 60% of its
 instructions in building, parsing and dropping clap's tree of every subcommand, and most of the
@@ -44,7 +51,7 @@ rest in the dynamic loader and in std's start-up, which parses `/proc/self/maps`
 main thread's stack. A plain `sign-input` is now read without clap (anything else still goes to
 it), and the binary starts at C's `main`, doing itself what it needs of std's start-up (fds 0-2
 open, SIGPIPE ignored): 1.29 million instructions became 0.43 million, most of them the loader
-relocating a 9 MB binary.
+relocating a 9 MB binary; the daemon's side of the round trip is one lane's wake-up.
 """
 
 

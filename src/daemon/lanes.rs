@@ -2,10 +2,14 @@
 //! current-thread reactor. Each lane accepts on the listening socket and serves what it
 //! accepted (`server.rs`): one thread reads a connection's requests, asks the token (inline on a
 //! fast token, see `token/pool.rs`) and writes the answers, so a request crosses no thread
-//! between the socket and the token and back.
+//! between the socket and the token and back. A lane that would serve two connections more than
+//! the least busy one hands the new one over instead, so that a burst of connections accepted by
+//! whichever lane woke first is still spread over every session.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
@@ -13,20 +17,35 @@ use tokio::sync::mpsc;
 /// makes register with the lane's reactor).
 type Task = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// The lanes; stopped and joined when dropped.
+/// The lanes' threads; stopped and joined when dropped, once every [`Handles`] clone is gone.
 pub struct Lanes {
-    lanes: Vec<Lane>,
+    handles: Option<Handles>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-struct Lane {
-    tasks: Option<mpsc::UnboundedSender<Task>>,
-    thread: Option<JoinHandle<()>>,
+/// The way to hand a lane work, and how many connections each serves; cheap to clone.
+#[derive(Clone)]
+pub struct Handles(Arc<Vec<Handle>>);
+
+struct Handle {
+    tasks: mpsc::UnboundedSender<Task>,
+    /// Connections it serves now.
+    load: Arc<AtomicUsize>,
+}
+
+/// Counts a connection on its lane while it lives.
+pub struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lanes {
     /// Starts `n` lanes.
     pub fn start(n: usize) -> std::io::Result<Lanes> {
-        let mut lanes = Vec::with_capacity(n.max(1));
+        let (mut handles, mut threads) = (Vec::new(), Vec::new());
         for i in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (tasks, mut incoming) = mpsc::unbounded_channel::<Task>();
@@ -37,14 +56,22 @@ impl Lanes {
                     }
                 });
             })?;
-            lanes.push(Lane { tasks: Some(tasks), thread: Some(thread) });
+            handles.push(Handle { tasks, load: Arc::default() });
+            threads.push(thread);
         }
-        Ok(Lanes { lanes })
+        Ok(Lanes { handles: Some(Handles(Arc::new(handles))), threads })
     }
 
+    /// A handle to give the lanes work.
+    pub fn handles(&self) -> Handles {
+        self.handles.clone().unwrap_or_else(|| Handles(Arc::new(Vec::new())))
+    }
+}
+
+impl Handles {
     /// How many lanes there are.
     pub fn len(&self) -> usize {
-        self.lanes.len()
+        self.0.len()
     }
 
     /// Runs the future `make` builds on lane `lane`.
@@ -54,24 +81,31 @@ impl Lanes {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let task: Task = Box::new(move || Box::pin(make()));
-        if let Some(tasks) = self.lanes.get(lane).and_then(|lane| lane.tasks.as_ref()) {
+        if let Some(handle) = self.0.get(lane) {
             // A lane that has stopped drops the task.
-            let _ = tasks.send(task);
+            let _ = handle.tasks.send(task);
         }
+    }
+
+    /// Where a connection lane `me` accepted should go: `me`, unless another lane serves two
+    /// fewer. Counted on that lane until the returned [`Load`] is dropped.
+    pub fn place(&self, me: usize) -> (usize, Load) {
+        let load = |i: usize| self.0.get(i).map_or(usize::MAX, |h| h.load.load(Ordering::Relaxed));
+        let least = (0..self.len()).min_by_key(|&i| load(i)).unwrap_or(me);
+        let lane = if load(least).saturating_add(1) < load(me) { least } else { me };
+        let counter = self.0.get(lane).map(|h| h.load.clone()).unwrap_or_default();
+        counter.fetch_add(1, Ordering::Relaxed);
+        (lane, Load(counter))
     }
 }
 
 impl Drop for Lanes {
-    /// Stops each lane once what it was handed has been started, and waits for its thread; the
-    /// caller has let the connections finish first.
+    /// Stops each lane once what it was handed has been started (and every other handle has
+    /// been dropped), and waits for its thread; the caller has let the connections finish first.
     fn drop(&mut self) {
-        for lane in &mut self.lanes {
-            drop(lane.tasks.take());
-        }
-        for lane in &mut self.lanes {
-            if let Some(thread) = lane.thread.take() {
-                let _ = thread.join();
-            }
+        drop(self.handles.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }

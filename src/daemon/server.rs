@@ -3,7 +3,7 @@
 
 use super::agent::Agent;
 use super::connection::{Frame, Reader, hung_up};
-use super::lanes::Lanes;
+use super::lanes::{Handles, Lanes};
 use super::limits::{Slot, Slots};
 use crate::daemon::audit::Peer;
 use crate::log::Throttled;
@@ -102,7 +102,8 @@ pub async fn serve(
     match lanes.as_ref() {
         Some(lanes) => match listener.into_std() {
             Ok(listener) => {
-                for lane in 0..lanes.len() {
+                let handles = lanes.handles();
+                for lane in 0..handles.len() {
                     let copy = match listener.try_clone() {
                         Ok(copy) => copy,
                         Err(e) => {
@@ -110,14 +111,15 @@ pub async fn serve(
                             continue;
                         }
                     };
-                    let accepting = accepting.clone();
-                    lanes.spawn_on(lane, move || async move {
+                    let (accepting, others) = (accepting.clone(), handles.clone());
+                    handles.spawn_on(lane, move || async move {
                         match UnixListener::from_std(copy) {
-                            Ok(listener) => accept_loop(listener, &accepting).await,
+                            Ok(listener) => accept_loop(listener, &accepting, Some((lane, others))).await,
                             Err(e) => crate::warn!("lane {lane} cannot listen: {e}"),
                         }
                     });
                 }
+                drop(handles);
                 tokio::select! {
                     () = agent.stopping() => {}
                     () = &mut shutdown => {}
@@ -126,7 +128,7 @@ pub async fn serve(
             Err(e) => crate::warn!("cannot hand the socket to the lanes: {e}"),
         },
         None => tokio::select! {
-            () = accept_loop(listener, &accepting) => {}
+            () = accept_loop(listener, &accepting, None) => {}
             () = &mut shutdown => {}
         },
     }
@@ -140,8 +142,9 @@ pub async fn serve(
     floods.flush();
 }
 
-/// Accepts connections until the agent stops, serving each on this thread's runtime.
-async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>) {
+/// Accepts connections until the agent stops, serving each on this thread's runtime, or, when
+/// this is lane `me` of `lanes` and another lane serves two fewer, on that one.
+async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>, lanes: Option<(usize, Handles)>) {
     let Accepting { agent, limits, slots, floods, done } = &**accepting;
     loop {
         let accepted = tokio::select! {
@@ -173,6 +176,27 @@ async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>) {
         };
         let (agent, done, floods, timeout) =
             (agent.clone(), done.clone(), floods.clone(), limits.read_timeout);
+        let admission = match (admission, &lanes) {
+            (Admission::Serve(slot), Some((me, lanes))) => {
+                let (lane, load) = lanes.place(*me);
+                if lane == *me {
+                    tokio::spawn(async move {
+                        serve_connection(stream, &agent, &peer, timeout, &floods).await;
+                        drop((slot, load, done));
+                    });
+                } else if let Ok(stream) = stream.into_std() {
+                    // That lane's reactor takes the socket over from this one.
+                    lanes.spawn_on(lane, move || async move {
+                        if let Ok(stream) = UnixStream::from_std(stream) {
+                            serve_connection(stream, &agent, &peer, timeout, &floods).await;
+                        }
+                        drop((slot, load, done));
+                    });
+                }
+                continue;
+            }
+            (admission, _) => admission,
+        };
         tokio::spawn(async move {
             match admission {
                 Admission::Serve(slot) => {
