@@ -22,11 +22,11 @@ python3 -c 'import jwt, cryptography' 2>/dev/null || pip_install PyJWT cryptogra
 
 module=$(find_softhsm) || die "libsofthsm2.so not found"
 
-step "cargo build --release"
-cargo build --release >&2
+step "cargo build --profile dist"
+cargo build --profile dist >&2
 
 work=$(mktemp -d)
-trap 'target/release/jwt-agent stop --socket "$work/run/agent.sock" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'target/dist/jwt-agent stop --socket "$work/run/agent.sock" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 mkdir -p "$work/tokens"
 sed "s|@TOKENDIR@|$work/tokens|" softhsm/softhsm2.conf.in >"$work/softhsm2.conf"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
@@ -41,9 +41,9 @@ printf 'fn main() {\n    println!("hello");\n}\n' >"$work/hello.rs"
 rustc -O -o "$work/hello" "$work/hello.rs"
 
 step "starting the agent on a fresh SoftHSM token"
-eval "$(target/release/jwt-agent start --module "$module" --token bench --pin-file "$work/pin" \
+eval "$(target/dist/jwt-agent start --module "$module" --token bench --pin-file "$work/pin" \
     --socket "$work/run/agent.sock")" >&2
-target/release/jwt-agent import "$work/AuthKey_BENCHKEY01.p8" >/dev/null
+target/dist/jwt-agent import "$work/AuthKey_BENCHKEY01.p8" >/dev/null
 
 step "measuring (${seconds}s per point)"
 python3 scripts/bench_report.py --module "$module" --faulty "$work/faulty_pkcs11.so" \

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-BIN = "target/release/jwt-agent"
+BIN = "target/dist/jwt-agent"
 KEY = "BENCHKEY01"
 CONNECTIONS = [1, 2, 4, 8, 16, 64]
 SLOW_MS = 20

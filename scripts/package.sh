@@ -17,9 +17,9 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
 [ -n "$version" ] || die "no version in Cargo.toml"
 
-step "cargo build --release"
-cargo build --release --locked >&2
-binary=target/release/jwt-agent
+step "cargo build --profile dist"
+cargo build --profile dist --locked >&2
+binary=target/dist/jwt-agent
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

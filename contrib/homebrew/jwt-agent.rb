@@ -11,7 +11,7 @@ class JwtAgent < Formula
   depends_on "softhsm" => :test
 
   def install
-    system "cargo", "install", *std_cargo_args
+    system "cargo", "install", "--profile", "dist", *std_cargo_args
     # The man page and completions come from the binary, so they match its flags.
     (man1/"jwt-agent.1").write Utils.safe_popen_read(bin/"jwt-agent", "man")
     generate_completions_from_executable(bin/"jwt-agent", "completions")
