@@ -252,3 +252,25 @@ fn a_slow_token_does_not_hold_up_what_needs_no_signature() {
     assert!(!slow.has_answer(), "the slow signature was answered before the cache hit");
     assert_eq!(slow.read_answer()["ok"], true);
 }
+
+#[test]
+fn a_client_that_only_stops_writing_still_gets_its_answer() {
+    use std::io::{BufRead, Write};
+    let hsm = Hsm::new();
+    let (_agent, control, _) = faulty_agent(&hsm, &["--sessions", "1"]);
+    fault(&control, "slow 200");
+    let line = sign_input_line();
+    assert_eq!(
+        hsm_conn(&hsm).ask(&line)["ok"],
+        true,
+        "the first signature teaches the agent the token is slow"
+    );
+    // As `socat` and `nc -N` do: the request, then the end of the writing side, then the answer.
+    let mut stream = std::os::unix::net::UnixStream::connect(hsm.socket()).unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer).unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+}
