@@ -272,21 +272,9 @@ fn github_refusals_are_one_clear_sentence() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    let (code, _, err) = token(
-        &hsm,
-        &[
-            "--key",
-            "rsa",
-            "--preset",
-            "github-app",
-            "--iss",
-            APP,
-            "--api-url",
-            "http://127.0.0.1:1",
-            "--installation",
-            "1",
-        ],
-    );
+    let app = ["--key", "rsa", "--preset", "github-app", "--iss", APP];
+    let (code, _, err) =
+        token(&hsm, &[&app[..], &["--api-url", "http://127.0.0.1:1", "--installation", "1"]].concat());
     assert_eq!(code, 2);
     assert!(err.contains("https://"), "{err}");
     let (code, _, err) = token(&hsm, &["--key", "rsa", "--preset", "apns", "--iss", "T"]);
@@ -295,21 +283,7 @@ fn github_refusals_are_one_clear_sentence() {
     assert_eq!(services.requests().len(), sent);
 
     // Without --ca-file the server's private CA is not trusted, and the error says what to do.
-    let (code, _, err) = token(
-        &hsm,
-        &[
-            "--key",
-            "rsa",
-            "--preset",
-            "github-app",
-            "--iss",
-            APP,
-            "--api-url",
-            &api,
-            "--installation",
-            "4242",
-        ],
-    );
+    let (code, _, err) = token(&hsm, &[&app[..], &["--api-url", &api, "--installation", "4242"]].concat());
     assert_eq!(code, 1);
     assert!(err.contains("--ca-file"), "{err}");
     assert_eq!(services.requests().len(), sent, "a request went to an untrusted server");
