@@ -124,13 +124,18 @@ fn assert_no_network(agent: &Agent) {
     }
 }
 
+/// An agent with the RSA key `rsa`, the services trusting it, GitHub's API URL and the CA file.
+fn github(hsm: &Hsm) -> (Agent, Services, String, String) {
+    let agent = rsa_agent(hsm);
+    let services = Services::start(hsm, &["rsa"]);
+    let (api, ca) = (services.url("/api/v3"), services.ca());
+    (agent, services, api, ca)
+}
+
 #[test]
 fn a_github_app_gets_an_installation_token_narrowed_as_asked() {
     let hsm = Hsm::new();
-    let mut agent = rsa_agent(&hsm);
-    let services = Services::start(&hsm, &["rsa"]);
-    let api = services.url("/api/v3");
-    let ca = services.ca();
+    let (mut agent, services, api, ca) = github(&hsm);
     let base = ["--key", "rsa", "--preset", "github-app", "--iss", APP, "--api-url", &api, "--ca-file", &ca];
 
     // By installation id, narrowed to one repository and two permissions; --json says it all.
@@ -209,10 +214,7 @@ fn a_github_app_gets_an_installation_token_narrowed_as_asked() {
 #[test]
 fn github_refusals_are_one_clear_sentence() {
     let hsm = Hsm::new();
-    let _agent = rsa_agent(&hsm);
-    let services = Services::start(&hsm, &["rsa"]);
-    let api = services.url("/api/v3");
-    let ca = services.ca();
+    let (_agent, services, api, ca) = github(&hsm);
     let base = ["--key", "rsa", "--preset", "github-app", "--iss", APP, "--api-url", &api, "--ca-file", &ca];
     let refused = |extra: &[&str], want: &[&str]| {
         let (code, out, err) = token(&hsm, &[&base[..], extra].concat());
@@ -292,10 +294,7 @@ fn github_refusals_are_one_clear_sentence() {
 #[test]
 fn exec_hands_the_command_an_installation_token_and_revokes_it_after() {
     let hsm = Hsm::new();
-    let _agent = rsa_agent(&hsm);
-    let services = Services::start(&hsm, &["rsa"]);
-    let api = services.url("/api/v3");
-    let ca = services.ca();
+    let (_agent, services, api, ca) = github(&hsm);
     let out = hsm.path("seen");
     let script = format!("printf %s \"$GH_TOKEN\" > {}; exit 7", out.display());
     let exec =

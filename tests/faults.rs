@@ -184,15 +184,21 @@ fn sign_input_line() -> String {
     serde_json::json!({"op": "sign_input", "key": KEY, "input": input}).to_string()
 }
 
+/// An agent with `sessions` on a slow device: each signature takes `ms`, one at a time.
+fn slow_agent(hsm: &Hsm, sessions: u32, ms: u32) -> (Agent, std::path::PathBuf) {
+    let (agent, control, log) = faulty_agent(hsm, &["--sessions", &sessions.to_string()]);
+    fault(&control, &format!("slow {ms}"));
+    (agent, log)
+}
+
 #[test]
 fn sixty_four_clients_asking_for_one_token_at_once_cost_one_signature() {
     let hsm = Hsm::new();
-    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "2"]);
     // A slow device (like a YubiHSM 2), so that every request arrives while the first is signed.
-    fault(&control, "slow 300");
+    let (agent, log) = slow_agent(&hsm, 2, 300);
     let before = calls(&log, "C_SignInit");
     let request = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "fleet"}, "ttl": "20m"});
-    let mut conns: Vec<Conn> = (0..64).map(|_| hsm_conn(&hsm)).collect();
+    let mut conns: Vec<Conn> = (0..64).map(|_| agent.connect()).collect();
     for conn in &mut conns {
         conn.send_raw(format!("{request}\n").as_bytes());
     }
@@ -204,34 +210,29 @@ fn sixty_four_clients_asking_for_one_token_at_once_cost_one_signature() {
     assert_eq!(calls(&log, "C_SignInit") - before, 1, "more than one signature for one token");
 }
 
-fn hsm_conn(hsm: &Hsm) -> Conn {
-    Conn::new(&hsm.socket())
-}
-
 #[test]
 fn a_request_whose_client_has_gone_is_not_signed() {
     let hsm = Hsm::new();
-    let (_agent, control, log) = faulty_agent(&hsm, &["--sessions", "1"]);
-    fault(&control, "slow 300");
+    let (agent, log) = slow_agent(&hsm, 1, 300);
     let line = sign_input_line();
     // The first signature teaches the agent that this token is slow.
-    assert_eq!(hsm_conn(&hsm).ask(&line)["ok"], true);
+    assert_eq!(agent.connect().ask(&line)["ok"], true);
     let before = calls(&log, "C_SignInit");
-    let mut busy = hsm_conn(&hsm);
+    let mut busy = agent.connect();
     busy.send_raw(format!("{line}\n").as_bytes());
     std::thread::sleep(std::time::Duration::from_millis(50));
     // Four clients ask while the device is busy, and hang up before their turn.
     for _ in 0..4 {
-        let mut gone = hsm_conn(&hsm);
+        let mut gone = agent.connect();
         gone.send_raw(format!("{line}\n").as_bytes());
         std::thread::sleep(std::time::Duration::from_millis(20));
         drop(gone);
     }
     assert_eq!(busy.read_answer()["ok"], true);
     // One that stays is served after them, and nothing was signed for those that left.
-    assert_eq!(hsm_conn(&hsm).ask(&line)["ok"], true);
+    assert_eq!(agent.connect().ask(&line)["ok"], true);
     assert_eq!(calls(&log, "C_SignInit") - before, 2, "a request of a client that had gone was signed");
-    let status = hsm_conn(&hsm).ask(r#"{"op":"status"}"#);
+    let status = agent.connect().ask(r#"{"op":"status"}"#);
     assert_eq!(status["pool"]["inline"], false, "a 300 ms token is not called inline");
 }
 
@@ -239,15 +240,14 @@ fn a_request_whose_client_has_gone_is_not_signed() {
 fn a_slow_token_does_not_hold_up_what_needs_no_signature() {
     let hsm = Hsm::new();
     // One session, so one lane serves every connection.
-    let (_agent, control, _) = faulty_agent(&hsm, &["--sessions", "1"]);
-    fault(&control, "slow 300");
+    let (agent, _) = slow_agent(&hsm, 1, 300);
     let cached = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "c"}, "ttl": "20m"});
-    assert_eq!(hsm_conn(&hsm).request(cached.clone())["cached"], false);
-    let mut slow = hsm_conn(&hsm);
+    assert_eq!(agent.connect().request(cached.clone())["cached"], false);
+    let mut slow = agent.connect();
     slow.send_raw(format!("{}\n", sign_input_line()).as_bytes());
     std::thread::sleep(std::time::Duration::from_millis(50));
     // A cache hit on the same lane is answered while the signature is still being made.
-    let hit = hsm_conn(&hsm).request(cached);
+    let hit = agent.connect().request(cached);
     assert_eq!(hit["cached"], true);
     assert!(!slow.has_answer(), "the slow signature was answered before the cache hit");
     assert_eq!(slow.read_answer()["ok"], true);
@@ -257,11 +257,10 @@ fn a_slow_token_does_not_hold_up_what_needs_no_signature() {
 fn a_client_that_only_stops_writing_still_gets_its_answer() {
     use std::io::{BufRead, Write};
     let hsm = Hsm::new();
-    let (_agent, control, _) = faulty_agent(&hsm, &["--sessions", "1"]);
-    fault(&control, "slow 200");
+    let (agent, _) = slow_agent(&hsm, 1, 200);
     let line = sign_input_line();
     assert_eq!(
-        hsm_conn(&hsm).ask(&line)["ok"],
+        agent.connect().ask(&line)["ok"],
         true,
         "the first signature teaches the agent the token is slow"
     );

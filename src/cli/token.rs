@@ -8,8 +8,6 @@ use super::{Failure, SignArgs, SocketArgs, connect, print_line};
 use crate::client::Client;
 use crate::exchange::{Ask, ExchangeError, Https, Service};
 use crate::wire::{self, AccessToken, ExchangeOutcome, ExchangedReport, PresetName, SecretText, SignRequest};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -244,10 +242,10 @@ impl Obtained {
     }
 }
 
-/// The claims of a compact JWS the agent returned.
+/// The claims of a compact JWS the agent returned, read as the agent reads signing input.
 fn claims_of(token: &str) -> Result<Map<String, Value>, Failure> {
-    let bad = || Failure::new(1, "the agent returned something that is not a JWT");
-    let payload = token.split('.').nth(1).ok_or_else(bad)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map_err(|_| bad())
+    let input = token.rsplit_once('.').map_or(token, |(input, _)| input);
+    crate::jwt::parse_signing_input(input)
+        .map(|parsed| parsed.claims)
+        .map_err(|e| Failure::new(1, format!("the agent returned something that is not a JWT: {e}")))
 }

@@ -176,32 +176,31 @@ async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>, lanes: 
         };
         let (agent, done, floods, timeout) =
             (agent.clone(), done.clone(), floods.clone(), limits.read_timeout);
-        let admission = match (admission, &lanes) {
-            (Admission::Serve(slot), Some((me, lanes))) => {
+        // Counted on the lane that serves it; handed to another lane serving two fewer.
+        let load = match (&admission, &lanes) {
+            (Admission::Serve(_), Some((me, lanes))) => {
                 let (lane, load) = lanes.place(*me);
-                if lane == *me {
-                    tokio::spawn(async move {
-                        serve_connection(stream, &agent, &peer, timeout, &floods).await;
-                        drop((slot, load, done));
-                    });
-                } else if let Ok(stream) = stream.into_std() {
-                    // That lane's reactor takes the socket over from this one.
-                    lanes.spawn_on(lane, move || async move {
-                        if let Ok(stream) = UnixStream::from_std(stream) {
-                            serve_connection(stream, &agent, &peer, timeout, &floods).await;
-                        }
-                        drop((slot, load, done));
-                    });
+                if lane != *me {
+                    if let Ok(stream) = stream.into_std() {
+                        // That lane's reactor takes the socket over from this one.
+                        lanes.spawn_on(lane, move || async move {
+                            if let Ok(stream) = UnixStream::from_std(stream) {
+                                serve_connection(stream, &agent, &peer, timeout, &floods).await;
+                            }
+                            drop((admission, load, done));
+                        });
+                    }
+                    continue;
                 }
-                continue;
+                Some(load)
             }
-            (admission, _) => admission,
+            _ => None,
         };
         tokio::spawn(async move {
             match admission {
                 Admission::Serve(slot) => {
                     serve_connection(stream, &agent, &peer, timeout, &floods).await;
-                    drop(slot);
+                    drop((slot, load));
                 }
                 Admission::Busy => {
                     floods

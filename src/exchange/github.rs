@@ -43,7 +43,8 @@ pub(super) fn check(ask: &Ask, scope_given: bool) -> Result<(), ExchangeError> {
     Ok(())
 }
 
-pub(super) fn parse_permission(pair: &str) -> Result<(String, String), String> {
+/// Parses `--permission NAME=LEVEL`.
+pub fn parse_permission(pair: &str) -> Result<(String, String), String> {
     let (name, level) = pair
         .split_once('=')
         .filter(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))

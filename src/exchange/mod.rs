@@ -10,6 +10,7 @@ mod github;
 mod http;
 mod oauth;
 
+pub use github::parse_permission;
 pub use http::Https;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -193,11 +194,6 @@ impl Service {
             _ => Ok(()),
         }
     }
-}
-
-/// Parses `--permission NAME=LEVEL`.
-pub fn parse_permission(pair: &str) -> Result<(String, String), String> {
-    github::parse_permission(pair)
 }
 
 /// The JSON object of an answer, or an error that quotes what came instead.
