@@ -87,12 +87,13 @@ impl Handles {
         }
     }
 
-    /// Where a connection lane `me` accepted should go: `me`, unless another lane serves two
-    /// fewer. Counted on that lane until the returned [`Load`] is dropped.
+    /// Where a connection lane `me` accepted should go: `me`, unless another lane serves fewer
+    /// (taking it, `me` would serve two more). Counted on that lane until the returned [`Load`]
+    /// is dropped.
     pub fn place(&self, me: usize) -> (usize, Load) {
         let load = |i: usize| self.0.get(i).map_or(usize::MAX, |h| h.load.load(Ordering::Relaxed));
         let least = (0..self.len()).min_by_key(|&i| load(i)).unwrap_or(me);
-        let lane = if load(least).saturating_add(1) < load(me) { least } else { me };
+        let lane = if load(least) < load(me) { least } else { me };
         let counter = self.0.get(lane).map(|h| h.load.clone()).unwrap_or_default();
         counter.fetch_add(1, Ordering::Relaxed);
         (lane, Load(counter))
@@ -107,5 +108,27 @@ impl Drop for Lanes {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_accepted_by_one_lane_are_spread_evenly() {
+        let lanes = Lanes::start(2).expect("lanes");
+        let handles = lanes.handles();
+        // Lane 0 wakes first for every connection of a burst: it keeps one in two.
+        let mut placed: Vec<(usize, Load)> = (0..5).map(|_| handles.place(0)).collect();
+        let lanes_of = |placed: &[(usize, Load)]| placed.iter().map(|(lane, _)| *lane).collect::<Vec<_>>();
+        assert_eq!(lanes_of(&placed), [0, 1, 0, 1, 0]);
+        // Connections that end make room on their lane: the next ones go there, until it serves
+        // as many as the others.
+        placed.retain(|(lane, _)| *lane == 0);
+        placed.extend((0..3).map(|_| handles.place(0)));
+        assert_eq!(lanes_of(&placed), [0, 0, 0, 1, 1, 1]);
+        // A lane that serves no more than the others keeps what it accepted.
+        assert_eq!(handles.place(1).0, 1);
     }
 }

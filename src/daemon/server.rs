@@ -143,7 +143,7 @@ pub async fn serve(
 }
 
 /// Accepts connections until the agent stops, serving each on this thread's runtime, or, when
-/// this is lane `me` of `lanes` and another lane serves two fewer, on that one.
+/// this is lane `me` of `lanes` and another lane serves fewer, on that one.
 async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>, lanes: Option<(usize, Handles)>) {
     let Accepting { agent, limits, slots, floods, done } = &**accepting;
     loop {
@@ -176,7 +176,7 @@ async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>, lanes: 
         };
         let (agent, done, floods, timeout) =
             (agent.clone(), done.clone(), floods.clone(), limits.read_timeout);
-        // Counted on the lane that serves it; handed to another lane serving two fewer.
+        // Counted on the lane that serves it; handed to another lane serving fewer.
         let load = match (&admission, &lanes) {
             (Admission::Serve(_), Some((me, lanes))) => {
                 let (lane, load) = lanes.place(*me);
