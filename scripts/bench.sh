@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the numbers of docs/performance.md on this machine, end to end, on a fresh SoftHSM
-# token: `jwt-agent bench --direct` at 1, 2, 4, 8, 16 and 64 connections, a cache hit, the
-# one-shot CLI against a hello-world Rust binary, a shell pipeline of openssl + pkcs11-tool and
-# a PyJWT script signing with the .p8 in process, a slow device (the test fault module, 20 ms
+# token: `jwt-agent bench --direct` at 1, 2, 4, 8, 16 and 64 connections, the same load on a
+# server that does nothing but the work (scripts/ceiling.c: this machine's ceiling), a cache hit,
+# the one-shot CLI against a hello-world Rust binary, a shell pipeline of openssl + pkcs11-tool
+# and a PyJWT script signing with the .p8 in process, a slow device (the test fault module, 20 ms
 # per signature) at 1 to 8 sessions, and the daemon's memory before and after 100,000 signatures.
 # It rewrites docs/performance.md. Usage: ./scripts/bench.sh [SECONDS_PER_POINT] (default 5)
 set -euo pipefail
@@ -35,8 +36,9 @@ chmod 600 "$work/pin"
 softhsm2-util --init-token --free --label bench --pin 123456 --so-pin 654321 >/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/AuthKey_BENCHKEY01.p8" 2>/dev/null
 
-step "building the fault module (the slow device) and a hello-world binary"
+step "building the fault module (the slow device), the ceiling and a hello-world binary"
 cc -shared -fPIC -O2 -o "$work/faulty_pkcs11.so" tests/faulty/faulty_pkcs11.c -ldl -lpthread
+cc -O2 -pthread -o "$work/ceiling" scripts/ceiling.c
 printf 'fn main() {\n    println!("hello");\n}\n' >"$work/hello.rs"
 rustc -O -o "$work/hello" "$work/hello.rs"
 
@@ -47,5 +49,5 @@ target/dist/jwt-agent import "$work/AuthKey_BENCHKEY01.p8" >/dev/null
 
 step "measuring (${seconds}s per point)"
 python3 scripts/bench_report.py --module "$module" --faulty "$work/faulty_pkcs11.so" \
-    --hello "$work/hello" --work "$work" --seconds "$seconds" --out docs/performance.md
+    --hello "$work/hello" --ceiling "$work/ceiling" --work "$work" --seconds "$seconds" --out docs/performance.md
 step "wrote docs/performance.md"

@@ -19,6 +19,7 @@ KEY = "BENCHKEY01"
 CONNECTIONS = [1, 2, 4, 8, 16, 64]
 SLOW_MS = 20
 SLOW_SESSIONS = [1, 2, 4, 8]
+ROUNDS = 3
 
 
 WHERE_THE_TIME_GOES = """
@@ -35,15 +36,30 @@ while its calls average under 1 ms; a slower token's calls go to the pool's FIFO
 threads, so that no reactor waits on the device (`status` says which: `pool.inline`).
 
 CPU per signature, from the daemon's own counters (`/proc/PID/stat`) over the 16-connection run:
-{daemon_us:.0f} µs in the daemon, against {direct_us:.0f} µs for a raw `C_Sign` in process (two
-threads kept busy, divided by their rate). So the daemon costs about what the token does: the
-rest of the gap to the raw rate is the load generator, which runs on the same two cores (about
-15 µs of CPU per request of its own), and the time both sides spend switching threads: a `perf`
-profile of the daemon under this load puts about a third of its samples in the kernel, most of
-them in the scheduler, 33% in OpenSSL (the signature), 6% in SoftHSM and 7% in the agent's own
-code. Reaching 0.85 on two cores would need the lanes to stay awake between requests (a busy
-poll) or a cheaper load generator; neither was done. `C_Sign` is called once per signature
-(cryptoki's `sign` calls it twice, first for the length, a round trip more on a network HSM).
+{daemon_us:.0f} µs in the daemon, against {direct_us:.0f} µs for a raw `C_Sign` in process (its
+threads kept busy, divided by their rate). What the daemon spends beyond the token's work goes
+mostly to the kernel, in waking threads: a `perf` profile of this load, taken while this was
+written, found the agent's own code (parsing, checking, encoding) at about 5% of the lanes'
+samples and the kernel at a third: the write of each answer waking the client that waits for it,
+and the lanes being switched out for the load generator and back, after which OpenSSL runs
+slower too (54 µs per signature in its code, against 42 µs in the raw loop). The load generator,
+on the same two cores, takes 10 to 20 µs of CPU per request, most of it in being woken.
+
+`scripts/ceiling.c` measures what this machine allows. Two threads that do nothing but spin for
+as long as a raw `C_Sign` takes ({direct_us:.0f} µs), first directly and then behind 16
+Unix-socket connections driven by one client thread, as `bench` drives the agent (no parsing, no
+allocation, no token), reach {ceiling:.2f} of their direct rate; the agent reaches {ratio:.2f},
+{share:.0%} of that. A bare round trip between two threads over a Unix socket takes
+{round_trip_us:.0f} µs here, against {direct_us:.0f} µs for a signature. {verdict}
+Two ways to wake fewer threads were tried and not kept: lanes that stay awake (polling) for 50 or
+200 µs after an answer measured no better, since on two cores the polling takes the CPU the load
+generator needs; and a load generator that collects its answers every 200 µs instead of being
+woken by each gained about 0.05 to 0.1, by measuring less than 16 real clients cost. Neither did
+a load generator at idle priority (`SCHED_IDLE`: the lanes then slept 1.3 times a request,
+waiting for it), nor, in the ceiling, waiting on the sockets for readability alone (0.78 against
+0.78 over 8 rounds; tokio waits for writability too). `C_Sign` is
+called once per signature (cryptoki's `sign` calls it twice, first for the length, a round trip
+more on a network HSM).
 
 A one-shot `sign-input` was 1.67x a hello-world process: a profile (callgrind) put 60% of its
 instructions in building, parsing and dropping clap's tree of every subcommand, and most of the
@@ -51,7 +67,16 @@ rest in the dynamic loader and in std's start-up, which parses `/proc/self/maps`
 main thread's stack. A plain `sign-input` is now read without clap (anything else still goes to
 it), and the binary starts at C's `main`, doing itself what it needs of std's start-up (fds 0-2
 open, SIGPIPE ignored): 1.29 million instructions became 0.43 million, most of them the loader
-relocating a 9 MB binary; the daemon's side of the round trip is one lane's wake-up.
+relocating the binary; the daemon's side of the round trip is one lane's wake-up and one
+signature. Being 8x faster than the openssl + pkcs11-tool pipeline would take {needed_ms:.2f} ms
+for the whole process, {needed_x:.2f}x the hello-world one, whose {hello_ms:.2f} ms are this
+machine's process start-up; beyond that the one-shot spends its time in the kernel mapping a
+larger binary ({oneshot_faults:.0f} page faults against hello-world's {hello_faults:.0f}), and in the
+round trip, which holds a signature. Two builds were measured against this one while this was
+written and not kept: a non-PIE binary (nothing for the loader to relocate) had 28 page faults
+fewer and was no faster within 2%, and would give up address-space randomization in the process
+that holds the token's session; `opt-level = "s"` made a binary 22% smaller and a one-shot 14%
+slower.
 """
 
 
@@ -108,6 +133,20 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def spread(values, unit=""):
+    """`values`' range, as the rows of the table give it."""
+    return f"{len(values)} rounds: {min(values):.2f}{unit} to {max(values):.2f}{unit}"
+
+
+def page_faults(command, runs=50):
+    """The minor page faults of one run of `command`, on average."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    for _ in range(runs):
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return (resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before) / runs
 
 
 def hyperfine_ms(commands, runs, shell=False):
@@ -171,6 +210,7 @@ def main():
     ap.add_argument("--module", required=True)
     ap.add_argument("--faulty", required=True, help="the test fault module, built")
     ap.add_argument("--hello", required=True, help="a hello-world Rust binary, built")
+    ap.add_argument("--ceiling", required=True, help="scripts/ceiling.c, built")
     ap.add_argument("--work", required=True)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--out", required=True)
@@ -180,23 +220,41 @@ def main():
     pid, sessions = status["pid"], status["pool"]["sessions"]
     rss_idle = rss_kib(pid)
 
-    points = []
-    for c in CONNECTIONS:
+    def point(c):
         ticks, signed = cpu_ticks(pid), agent("status", "--json")["counters"]["signatures"]
         r = agent("bench", "--key", KEY, "--connections", str(c), "--seconds", str(a.seconds),
                   "--direct", "--pin-file", pin_file, "--json")
         r["connections"] = c
         r["daemon_us"] = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK") * 1e6 / max(
             1, agent("status", "--json")["counters"]["signatures"] - signed)
-        points.append(r)
         print(f"   {c:>2} connections: agent {r['agent']['rate']:.0f}/s p99 {r['agent']['p99_ms']:.2f} ms, "
               f"direct {r['direct']['rate']:.0f}/s, ratio {r['ratio']:.2f}", file=sys.stderr)
+        return r
+
+    # The target's point is measured ROUNDS times, each followed by the same load on a server that
+    # does nothing but the work of a raw C_Sign (the ceiling), and reported by its median round:
+    # on a shared machine one run can land in a noisy second.
+    rounds = []
+    for _ in range(ROUNDS):
+        r = point(16)
+        work_us = sessions * 1e6 / r["direct"]["rate"]
+        r["ceiling"] = json.loads(sh(a.ceiling, str(a.seconds), f"{work_us:.1f}", "16", str(sessions)))
+        r["ceiling"]["work_us"] = work_us
+        print(f"      ceiling: {r['ceiling']['ratio']:.2f} of direct for {work_us:.0f} µs of work; a round trip "
+              f"{r['ceiling']['round_trip_us']:.0f} µs", file=sys.stderr)
+        rounds.append(r)
+    p16 = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
+    ceiling, work_us = p16["ceiling"], p16["ceiling"]["work_us"]
+    points = [p16 if c == 16 else point(c) for c in CONNECTIONS]
     cached = agent("bench", "--key", KEY, "--cached", "--connections", "1", "--seconds", str(a.seconds), "--json")["agent"]
 
     header = b64(json.dumps({"alg": "ES256", "kid": KEY, "typ": "JWT"}).encode())
     claims = b64(json.dumps({"iss": "bench", "iat": int(time.time()), "aud": "appstoreconnect-v1"}).encode())
     signing_input = f"{header}.{claims}"
-    hello_ms, oneshot = hyperfine_ms([a.hello, f"{BIN} sign-input --key {KEY} {signing_input}"], 500)
+    # Rounds of the two, in turn, so that both see the same machine: the median round.
+    one_shots = [hyperfine_ms([a.hello, f"{BIN} sign-input --key {KEY} {signing_input}"], 100) for _ in range(ROUNDS * 2 - 1)]
+    hello_ms, oneshot = sorted(one_shots, key=lambda r: r[1] / r[0])[len(one_shots) // 2]
+    hello_faults, oneshot_faults = (page_faults([a.hello]), page_faults([BIN, "sign-input", "--key", KEY, signing_input]))
     pipeline = (f"printf %s '{signing_input}' | openssl dgst -sha256 -binary | "
                 f"pkcs11-tool --module {a.module} --token-label bench --login --pin \"$(cat {pin_file})\" "
                 f"--sign --mechanism ECDSA --label {KEY} -o {a.work}/sig.bin")
@@ -250,17 +308,23 @@ def main():
            ("one at a time (YubiHSM 2), jwt-agent", "#d9480f", by("slow", "agent")),
            ("one at a time, raw", "#e8a27c", by("slow", "direct"))])
 
-    p16 = next(p for p in points if p["connections"] == 16)
     serial = next(p for p in slow_points if p["kind"] == "slow" and p["sessions"] == 2)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     ok = lambda good: "met" if good else "**missed**"
     worst_share = max(p["agent"].get("slowest_share") or 1 for p in slow_points if p["kind"] == "slow")
     rows = [
         ("one-shot `jwt-agent sign-input`, median wall, against a hello-world Rust binary", "<= 1.5x",
-         f"{oneshot / hello_ms:.2f}x ({oneshot:.2f} vs {hello_ms:.2f} ms)", ok(oneshot / hello_ms <= 1.5)),
-        ("... against `openssl dgst` + `pkcs11-tool --sign`", ">= 8x faster", f"{pipe_ms / oneshot:.1f}x ({pipe_ms:.1f} ms)", ok(pipe_ms / oneshot >= 8)),
-        ("`bench`, 16 connections, against `--direct`", ">= 0.85", f"{p16['ratio']:.2f} ({p16['agent']['rate']:,.0f} vs {p16['direct']['rate']:,.0f}/s)", ok(p16["ratio"] >= 0.85)),
-        ("`bench`, 16 connections, p99", "<= 2 ms", f"{p16['agent']['p99_ms']:.2f} ms", ok(p16["agent"]["p99_ms"] <= 2)),
+         f"{oneshot / hello_ms:.2f}x ({oneshot:.2f} vs {hello_ms:.2f} ms; {spread([r[1] / r[0] for r in one_shots], 'x')})",
+         ok(oneshot / hello_ms <= 1.5)),
+        ("... against `openssl dgst` + `pkcs11-tool --sign`", ">= 8x faster", f"{pipe_ms / oneshot:.1f}x ({pipe_ms:.1f} ms; 8x is {pipe_ms / 8:.2f} ms, {pipe_ms / 8 / hello_ms:.2f}x hello-world)", ok(pipe_ms / oneshot >= 8)),
+        ("`bench`, 16 connections, against `--direct`", ">= 0.85",
+         f"{p16['ratio']:.2f} ({p16['agent']['rate']:,.0f} vs {p16['direct']['rate']:,.0f}/s; {spread([r['ratio'] for r in rounds])})",
+         ok(p16["ratio"] >= 0.85)),
+        ("... a server that only does the work, the same way (`scripts/ceiling.c`)", "(the machine's ceiling)",
+         f"{ceiling['ratio']:.2f} ({work_us:.0f} µs of work per request; {spread([r['ceiling']['ratio'] for r in rounds])}); "
+         f"the agent reaches {p16['ratio'] / ceiling['ratio']:.0%} of it", ""),
+        ("`bench`, 16 connections, p99", "<= 2 ms", f"{p16['agent']['p99_ms']:.2f} ms ({spread([r['agent']['p99_ms'] for r in rounds], ' ms')})",
+         ok(p16["agent"]["p99_ms"] <= 2)),
         (f"slow device ({SLOW_MS} ms, one at a time, 2 sessions), against its raw rate", ">= 0.95",
          f"{serial['ratio']:.2f} ({serial['agent']['rate']:.1f} vs {serial['direct']['rate']:.1f}/s)", ok(serial["ratio"] >= 0.95)),
         ("... 64 clients asking for one `sign` at once", "1 signature", f"{serial['same_sign_64']}", ok(serial["same_sign_64"] == 1)),
@@ -276,7 +340,10 @@ def main():
                 "regenerate it with that command. Every comparison below is from one run: `jwt-agent bench "
                 "--direct` interleaves one-second slices of agent load and of raw `C_Sign` in process, with as "
                 f"many threads as the agent has sessions ({sessions} on the fast token); single commands are "
-                "timed by hyperfine (medians; no shell, or the shell's start-up subtracted for the pipeline).\n\n")
+                "timed by hyperfine (medians; no shell, or the shell's start-up subtracted for the pipeline). "
+                f"The 16-connection point (with the ceiling after it) and the one-shot against hello-world are "
+                f"measured in rounds, {ROUNDS} and {ROUNDS * 2 - 1}, and given by their median round with the "
+                "range of all: on this shared machine one run can land in a noisy second.\n\n")
         f.write(f"- Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}\n")
         f.write(f"- Token: {sh('softhsm2-util', '--version').strip() and 'SoftHSM ' + sh('softhsm2-util', '--version').strip()}, ES256 key, "
                 f"{sessions} sessions; {a.seconds} s per point\n")
@@ -315,8 +382,14 @@ def main():
         f.write("\nThe PyJWT script is what people run today; it needs the private key in a file. The pipeline is "
                 "what a shell script does with the key in the token.\n")
         f.write(WHERE_THE_TIME_GOES.format(
-            daemon_us=p16["daemon_us"], direct_us=2e6 / p16["direct"]["rate"],
-            overhead_us=p16["daemon_us"] - 2e6 / p16["direct"]["rate"]))
+            daemon_us=p16["daemon_us"], direct_us=work_us, ceiling=ceiling["ratio"], ratio=p16["ratio"],
+            share=p16["ratio"] / ceiling["ratio"], verdict=(
+                "So on this machine 0.85 is out of reach of any server that answers each request over a "
+                "socket; what is the agent's own is the distance from the ceiling." if ceiling["ratio"] < 0.85 else
+                "So 0.85 is within reach of a server that does nothing else here, and the distance from the "
+                "ceiling is the agent's own."),
+            round_trip_us=ceiling["round_trip_us"], hello_ms=hello_ms, needed_ms=pipe_ms / 8,
+            needed_x=pipe_ms / 8 / hello_ms, oneshot_faults=oneshot_faults, hello_faults=hello_faults))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ cargo fmt --check
 step "cargo clippy --release --all-targets -- -D warnings"
 cargo clippy --release --all-targets -- -D warnings
 
+# scripts/bench.sh runs outside CI; what it builds and runs must not rot: the report's Python
+# compiles, and the ceiling program builds warning-free and prints its ratio.
+step "the benchmark's helpers (scripts/bench_report.py, scripts/ceiling.c)"
+python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' scripts/bench_report.py
+helpers=$(mktemp -d)
+cc -O2 -Wall -Wextra -Werror -pthread -o "$helpers/ceiling" scripts/ceiling.c
+"$helpers/ceiling" 1 50 | python3 -c 'import json, sys; r = json.load(sys.stdin); assert 0 < r["ratio"] < 2 and r["round_trip_us"] > 0, r'
+rm -rf "$helpers"
+
 # macOS is where Apple release machines run: it must never silently stop building. Its code is
 # type-checked here for both Mac architectures (nothing is linked or run).
 for target in aarch64-apple-darwin x86_64-apple-darwin; do
