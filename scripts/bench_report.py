@@ -51,7 +51,9 @@ Unix-socket connections driven by one client thread, as `bench` drives the agent
 allocation, no token), reach {ceiling:.2f} of their direct rate; the agent reaches {ratio:.2f},
 {share:.0%} of that. A bare round trip between two threads over a Unix socket takes
 {round_trip_us:.0f} µs here, against {direct_us:.0f} µs for a signature. {verdict}
-Two ways to wake fewer threads were tried and not kept: lanes that stay awake (polling) for 50 or
+The ceiling's spin touches no memory, so it does not pay what a signature pays once its thread
+has been switched out and back (OpenSSL's 54 against 42 µs above): part of that distance is
+this. Two ways to wake fewer threads were tried and not kept: lanes that stay awake (polling) for 50 or
 200 µs after an answer measured no better, since on two cores the polling takes the CPU the load
 generator needs; and a load generator that collects its answers every 200 µs instead of being
 woken by each gained about 0.05 to 0.1, by measuring less than 16 real clients cost. Neither did
