@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,11 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def median_round(rounds, key):
+    """The round whose `key` is the median of all rounds'."""
+    return sorted(rounds, key=key)[len(rounds) // 2]
+
+
 def spread(values, unit=""):
     """`values`' range, as the rows of the table give it."""
     return f"{len(values)} rounds: {min(values):.2f}{unit} to {max(values):.2f}{unit}"
@@ -144,7 +150,6 @@ def spread(values, unit=""):
 
 def page_faults(command, runs=50):
     """The minor page faults of one run of `command`, on average."""
-    import resource
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     for _ in range(runs):
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -245,7 +250,7 @@ def main():
         print(f"      ceiling: {r['ceiling']['ratio']:.2f} of direct for {work_us:.0f} µs of work; a round trip "
               f"{r['ceiling']['round_trip_us']:.0f} µs", file=sys.stderr)
         rounds.append(r)
-    p16 = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
+    p16 = median_round(rounds, lambda r: r["ratio"])
     ceiling, work_us = p16["ceiling"], p16["ceiling"]["work_us"]
     points = [p16 if c == 16 else point(c) for c in CONNECTIONS]
     cached = agent("bench", "--key", KEY, "--cached", "--connections", "1", "--seconds", str(a.seconds), "--json")["agent"]
@@ -255,7 +260,7 @@ def main():
     signing_input = f"{header}.{claims}"
     # Rounds of the two, in turn, so that both see the same machine: the median round.
     one_shots = [hyperfine_ms([a.hello, f"{BIN} sign-input --key {KEY} {signing_input}"], 100) for _ in range(ROUNDS * 2 - 1)]
-    hello_ms, oneshot = sorted(one_shots, key=lambda r: r[1] / r[0])[len(one_shots) // 2]
+    hello_ms, oneshot = median_round(one_shots, lambda r: r[1] / r[0])
     hello_faults, oneshot_faults = (page_faults([a.hello]), page_faults([BIN, "sign-input", "--key", KEY, signing_input]))
     pipeline = (f"printf %s '{signing_input}' | openssl dgst -sha256 -binary | "
                 f"pkcs11-tool --module {a.module} --token-label bench --login --pin \"$(cat {pin_file})\" "
