@@ -18,6 +18,7 @@ command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v chrt >/dev/null || missing+=(util-linux)
 apt_install "${missing[@]}"
 python3 -c 'import jwt, cryptography' 2>/dev/null || pip_install PyJWT cryptography
 

@@ -54,7 +54,24 @@ allocation, no token), reach {ceiling:.2f} of their direct rate; the agent reach
 {round_trip_us:.0f} µs here, against {direct_us:.0f} µs for a signature. {verdict}
 The ceiling's spin touches no memory, so it does not pay what a signature pays once its thread
 has been switched out and back (OpenSSL's 54 against 42 µs above): part of that distance is
-this. Two ways to wake fewer threads were tried and not kept: lanes that stay awake (polling) for 50 or
+this. Whether the ceiling's client runs as a thread of the server or in a process of its own
+makes no difference (0.87 and 0.87 over 3 rounds each, measured while this was written).
+
+What the lanes lose is mostly the CPU the load generator takes from them, and when. Each answer
+wakes the generator, and the scheduler gives a thread that wakes the CPU at once: the lanes are
+preempted {preempted:.2f} times a request, in the middle of a signature or on the way out of a
+`send`, and come back to cold caches. (A `perf` trace of the switches, taken while this was
+written, also found the lanes asleep on a mutex inside SoftHSM 0.27 times a request, waiting for
+each other; the raw loop's two threads sleep on it more often, 0.58 times a signature, so that is
+not what separates the two.) The same load with the generator at `SCHED_BATCH`
+(`chrt --batch 0`: its fair share of the CPU, but its wake-ups preempt nobody, so it runs when a lane
+sleeps or at the scheduler's tick, and takes several answers at a time) reaches {batch:.2f} of the
+raw rate, with the lanes preempted {batch_preempted:.2f} times a request. That figure is a
+diagnosis, not the result: clients that are processes of their own preempt the daemon as the
+default generator does, so the target is measured with it. The daemon cannot keep a client's
+wake-up off its CPU (a real-time policy would, and would let a busy agent starve its own
+clients); on a machine with cores to spare, the client wakes on an idle one and this cost goes.
+Two ways to wake fewer threads were tried and not kept: lanes that stay awake (polling) for 50 or
 200 µs after an answer measured no better, since on two cores the polling takes the CPU the load
 generator needs; and a load generator that collects its answers every 200 µs instead of being
 woken by each gained about 0.05 to 0.1, by measuring less than 16 real clients cost. Neither did
@@ -87,8 +104,8 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def agent(*args):
-    return json.loads(sh(BIN, *args))
+def agent(*args, prefix=()):
+    return json.loads(sh(*prefix, BIN, *args))
 
 
 def rss_kib(pid):
@@ -136,6 +153,26 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def lane_switches(pid):
+    """Context switches of the daemon's lanes so far: (voluntary, involuntary, the latter being
+    preemptions)."""
+    voluntary = involuntary = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("lane-"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return voluntary, involuntary
 
 
 def median_round(rounds, key):
@@ -227,15 +264,20 @@ def main():
     pid, sessions = status["pid"], status["pool"]["sessions"]
     rss_idle = rss_kib(pid)
 
-    def point(c):
+    def point(c, batch=False):
+        """One `bench --direct` point; with `batch`, the load generator runs at SCHED_BATCH: the
+        same share of the CPU, but its wake-ups do not preempt the daemon's lanes."""
         ticks, signed = cpu_ticks(pid), agent("status", "--json")["counters"]["signatures"]
+        switches = lane_switches(pid)
         r = agent("bench", "--key", KEY, "--connections", str(c), "--seconds", str(a.seconds),
-                  "--direct", "--pin-file", pin_file, "--json")
+                  "--direct", "--pin-file", pin_file, "--json", prefix=("chrt", "--batch", "0") if batch else ())
+        signatures = max(1, agent("status", "--json")["counters"]["signatures"] - signed)
         r["connections"] = c
-        r["daemon_us"] = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK") * 1e6 / max(
-            1, agent("status", "--json")["counters"]["signatures"] - signed)
-        print(f"   {c:>2} connections: agent {r['agent']['rate']:.0f}/s p99 {r['agent']['p99_ms']:.2f} ms, "
-              f"direct {r['direct']['rate']:.0f}/s, ratio {r['ratio']:.2f}", file=sys.stderr)
+        r["daemon_us"] = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK") * 1e6 / signatures
+        r["voluntary"], r["preempted"] = ((n - n0) / signatures for n, n0 in zip(lane_switches(pid), switches))
+        print(f"   {c:>2} connections{' (generator at SCHED_BATCH)' if batch else ''}: agent {r['agent']['rate']:.0f}/s "
+              f"p99 {r['agent']['p99_ms']:.2f} ms, direct {r['direct']['rate']:.0f}/s, ratio {r['ratio']:.2f}; lanes "
+              f"preempted {r['preempted']:.2f} and asleep {r['voluntary']:.2f} times a request", file=sys.stderr)
         return r
 
     # The target's point is measured ROUNDS times, each followed by the same load on a server that
@@ -249,8 +291,10 @@ def main():
         r["ceiling"]["work_us"] = work_us
         print(f"      ceiling: {r['ceiling']['ratio']:.2f} of direct for {work_us:.0f} µs of work; a round trip "
               f"{r['ceiling']['round_trip_us']:.0f} µs", file=sys.stderr)
+        r["batch"] = point(16, batch=True)
         rounds.append(r)
     p16 = median_round(rounds, lambda r: r["ratio"])
+    batch = median_round([r["batch"] for r in rounds], lambda r: r["ratio"])
     ceiling, work_us = p16["ceiling"], p16["ceiling"]["work_us"]
     points = [p16 if c == 16 else point(c) for c in CONNECTIONS]
     cached = agent("bench", "--key", KEY, "--cached", "--connections", "1", "--seconds", str(a.seconds), "--json")["agent"]
@@ -330,6 +374,10 @@ def main():
         ("... a server that only does the work, the same way (`scripts/ceiling.c`)", "(the machine's ceiling)",
          f"{ceiling['ratio']:.2f} ({work_us:.0f} µs of work per request; {spread([r['ceiling']['ratio'] for r in rounds])}); "
          f"the agent reaches {p16['ratio'] / ceiling['ratio']:.0%} of it", ""),
+        ("... the load generator at `SCHED_BATCH` (its share of the CPU, but no preempting the daemon when an answer wakes it)",
+         "(a diagnosis)",
+         f"{batch['ratio']:.2f} ({spread([r['batch']['ratio'] for r in rounds])}), p99 {batch['agent']['p99_ms']:.2f} ms; "
+         f"the lanes are preempted {batch['preempted']:.2f} times a request, against {p16['preempted']:.2f}", ""),
         ("`bench`, 16 connections, p99", "<= 2 ms", f"{p16['agent']['p99_ms']:.2f} ms ({spread([r['agent']['p99_ms'] for r in rounds], ' ms')})",
          ok(p16["agent"]["p99_ms"] <= 2)),
         (f"slow device ({SLOW_MS} ms, one at a time, 2 sessions), against its raw rate", ">= 0.95",
@@ -390,7 +438,8 @@ def main():
                 "what a shell script does with the key in the token.\n")
         f.write(WHERE_THE_TIME_GOES.format(
             daemon_us=p16["daemon_us"], direct_us=work_us, ceiling=ceiling["ratio"], ratio=p16["ratio"],
-            share=p16["ratio"] / ceiling["ratio"], verdict=(
+            share=p16["ratio"] / ceiling["ratio"], preempted=p16["preempted"], batch=batch["ratio"],
+            batch_preempted=batch["preempted"], verdict=(
                 "So on this machine 0.85 is out of reach of any server that answers each request over a "
                 "socket; what is the agent's own is the distance from the ceiling." if ceiling["ratio"] < 0.85 else
                 "So 0.85 is within reach of a server that does nothing else here, and the distance from the "
