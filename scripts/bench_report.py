@@ -281,7 +281,8 @@ def main():
         return r
 
     # The target's point is measured ROUNDS times, each followed by the same load on a server that
-    # does nothing but the work of a raw C_Sign (the ceiling), and reported by its median round:
+    # does nothing but the work of a raw C_Sign (the ceiling) and by the point again with a load
+    # generator that does not preempt the daemon (a diagnosis), and reported by its median round:
     # on a shared machine one run can land in a noisy second.
     rounds = []
     for _ in range(ROUNDS):
