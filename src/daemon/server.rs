@@ -77,8 +77,11 @@ struct Accepting {
 /// passes SIGTERM and SIGINT as `shutdown`; tests pass what they like.
 ///
 /// Every lane accepts on the listener itself and serves what it accepted, so a new connection,
-/// like each request after it, wakes one thread of the daemon, not two; an idle lane wakes
-/// first, a lane busy signing does not take connections meanwhile.
+/// like each request after it, crosses no thread in the daemon; an idle lane takes it first, a
+/// lane busy signing does not hold it up. The price: a new connection wakes every lane that
+/// waits on the listener, and all but the one that accepts it find nothing and sleep again
+/// (epoll's `EPOLLEXCLUSIVE` does not help reactors: it wakes one waiter only among threads
+/// blocked on the epoll instances themselves, not on an epoll nested in a reactor's).
 pub async fn serve(
     listener: UnixListener,
     agent: Arc<Agent>,
