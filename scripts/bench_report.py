@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import resource
-import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -31,9 +31,12 @@ thread with its own reactor, one per session) that serves its connection, and th
 it, checks it, calls `C_Sign` itself and writes the answer, which wakes the client. Until
 issue 16 a request crossed four (the reactor, a session worker, the reactor again, the
 client), and `bench` reached 0.60 of the raw rate with a p99 of 3.4 ms. Each lane also accepts
-on the socket itself, so a new connection wakes one daemon thread too; one that would serve two
-connections more than another hands the new one over. The lanes call the token inline only
-while its calls average under 1 ms; a slower token's calls go to the pool's FIFO queue and its
+on the socket itself, so a new connection crosses no thread either; one that would serve two
+connections more than another hands the new one over. A new connection wakes every lane waiting
+on the socket, though, and all but one go back to sleep at once: an agent with 16 sessions
+switched threads 18 times per one-shot, one with 2 sessions 4 times (counted while this was
+written); on a machine with that many cores, the others wake on idle ones. The lanes call the
+token inline only while its calls average under 1 ms; a slower token's calls go to the pool's FIFO queue and its
 threads, so that no reactor waits on the device (`status` says which: `pool.inline`).
 
 CPU per signature, from the daemon's own counters (`/proc/PID/stat`) over the 16-connection run:
@@ -87,16 +90,33 @@ rest in the dynamic loader and in std's start-up, which parses `/proc/self/maps`
 main thread's stack. A plain `sign-input` is now read without clap (anything else still goes to
 it), and the binary starts at C's `main`, doing itself what it needs of std's start-up (fds 0-2
 open, SIGPIPE ignored): 1.29 million instructions became 0.43 million, most of them the loader
-relocating the binary; the daemon's side of the round trip is one lane's wake-up and one
-signature. Being 8x faster than the openssl + pkcs11-tool pipeline would take {needed_ms:.2f} ms
-for the whole process, {needed_x:.2f}x the hello-world one, whose {hello_ms:.2f} ms are this
-machine's process start-up; beyond that the one-shot spends its time in the kernel mapping a
-larger binary ({oneshot_faults:.0f} page faults against hello-world's {hello_faults:.0f}), and in the
-round trip, which holds a signature. Two builds were measured against this one while this was
-written and not kept: a non-PIE binary (nothing for the loader to relocate) had 28 page faults
-fewer and was no faster within 2%, and would give up address-space randomization in the process
-that holds the token's session; `opt-level = "s"` made a binary 22% smaller and a one-shot 14%
-slower.
+relocating the binary. Being 8x faster than the openssl + pkcs11-tool pipeline would take
+{needed_ms:.2f} ms for the whole process, {needed_x:.2f}x the hello-world one, whose
+{hello_ms:.2f} ms are this machine's process start-up.
+
+Of the one-shot's {oneshot_ms:.2f} ms, {startup_ms:.2f} ms ({startup_x:.2f}x hello-world) are this
+binary starting and giving up at once on a socket that is not there, timed in the same rounds:
+the kernel maps a larger binary ({oneshot_faults:.0f} page faults against hello-world's
+{hello_faults:.0f}), and the loader writes relocated pointers on all {relro_pages} pages of RELRO,
+a copy-on-write fault each (29 such faults took 100 µs in a test program here). The other
+{round_trip_ms:.2f} ms are connecting and the round trip, which holds a signature made on a CPU
+whose caches the new process has just taken: in a `perf sched` trace taken while this was
+written, the lanes ran 0.38 ms per one-shot, more than twice their CPU time per signature under
+load. Pinning each lane to a CPU, to keep its caches, measured no better in `bench` (0.71
+against 0.72 over 6 alternating rounds). Two builds were measured against this one and not
+kept: a non-PIE binary (nothing for the loader to relocate) had 29 page faults fewer and was 4%
+faster in the median of 5 alternating rounds (from 7% slower to 15% faster: the noise here is
+larger than the gain), and would give up address-space randomization in the process that holds
+the token's session; `opt-level = "s"` made a binary 22% smaller and a one-shot 14% slower.
+
+Most of the daemon's resident memory is code: the pages of the binary, libcrypto, libstdc++ and
+libc that it has run, which the page cache holds anyway; what grows with use is the anonymous
+part (the table above). It also grows with sessions, each a lane and a pool thread with their
+stacks and malloc arenas: while this was written, an agent with 16 sessions (the default on a
+16-CPU machine) held 15.2 to 15.7 MiB after load at 16 and 32 connections, 3.6 to 4.1 MiB of it
+anonymous, against 13.2 to 13.4 MiB and 1.9 to 2.1 MiB with 2 sessions. Capping glibc's arenas
+(`MALLOC_ARENA_MAX=1` or `2`) saved 0.4 MiB of that at 16 sessions, too little to trade for
+the lanes' contention on one heap.
 """
 
 
@@ -109,8 +129,11 @@ def agent(*args, prefix=()):
 
 
 def rss_kib(pid):
+    """`pid`'s resident memory and the anonymous part of it (heap, stacks), in KiB; the rest is
+    pages of the binary and of the libraries, which the page cache holds anyway."""
     with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+        fields = dict(l.split(":", 1) for l in f if ":" in l)
+    return tuple(int(fields[name].split()[0]) for name in ("VmRSS", "RssAnon"))
 
 
 def b64(data):
@@ -193,11 +216,27 @@ def page_faults(command, runs=50):
     return (resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before) / runs
 
 
-def hyperfine_ms(commands, runs, shell=False):
+def relro_pages(path):
+    """The pages of an ELF binary's GNU_RELRO segment: what the loader writes relocations into
+    and then makes read-only."""
+    with open(path, "rb") as f:
+        elf = f.read(1 << 16)
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        kind, _, _, vaddr, _, _, memsz = struct.unpack_from("<IIQQQQQ", elf, phoff + i * phentsize)
+        if kind == 0x6474E552:  # PT_GNU_RELRO
+            return (vaddr + memsz + 4095) // 4096 - vaddr // 4096
+    return 0
+
+
+def hyperfine_ms(commands, runs, shell=False, failing_too=False):
     """Each command's median wall time by hyperfine, which runs them without a shell (`-N`) or
-    subtracts the shell's own start-up from a pipeline."""
+    subtracts the shell's own start-up from a pipeline; `failing_too` lets a command exit
+    non-zero (for all of them: the caller checks the others)."""
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"hyperfine-{os.getpid()}.json")
-    sh("hyperfine", *([] if shell else ["-N"]), "--warmup", "20", "--runs", str(runs), "--export-json", out, *commands)
+    sh("hyperfine", *([] if shell else ["-N"]), *(["--ignore-failure"] if failing_too else []), "--warmup", "20",
+       "--runs", str(runs), "--export-json", out, *commands)
     with open(out) as f:
         results = json.load(f)["results"]
     os.unlink(out)
@@ -303,10 +342,19 @@ def main():
     header = b64(json.dumps({"alg": "ES256", "kid": KEY, "typ": "JWT"}).encode())
     claims = b64(json.dumps({"iss": "bench", "iat": int(time.time()), "aud": "appstoreconnect-v1"}).encode())
     signing_input = f"{header}.{claims}"
-    # Rounds of the two, in turn, so that both see the same machine: the median round.
-    one_shots = [hyperfine_ms([a.hello, f"{BIN} sign-input --key {KEY} {signing_input}"], 100) for _ in range(ROUNDS * 2 - 1)]
-    hello_ms, oneshot = median_round(one_shots, lambda r: r[1] / r[0])
-    hello_faults, oneshot_faults = (page_faults([a.hello]), page_faults([BIN, "sign-input", "--key", KEY, signing_input]))
+    # Rounds of the two, in turn, so that both see the same machine: the median round. A third
+    # command in each round is the binary's start-up alone: the one-shot path up to the trust
+    # check, which fails at once (exit 3) on a socket that is not there.
+    one_shot = [BIN, "sign-input", "--key", KEY, signing_input]
+    absent = os.path.join(a.work, "absent", "s")
+    startup = [BIN, "sign-input", "--socket", absent, "--key", KEY, signing_input]
+    sh(*one_shot)
+    if subprocess.run(startup, capture_output=True).returncode != 3:
+        sys.exit(f"{' '.join(startup)} should fail with exit 3 (no agent there)")
+    one_shots = [hyperfine_ms([a.hello, " ".join(one_shot), " ".join(startup)], 100, failing_too=True)
+                 for _ in range(ROUNDS * 2 - 1)]
+    hello_ms, oneshot, startup_ms = median_round(one_shots, lambda r: r[1] / r[0])
+    hello_faults, oneshot_faults = page_faults([a.hello]), page_faults(one_shot)
     pipeline = (f"printf %s '{signing_input}' | openssl dgst -sha256 -binary | "
                 f"pkcs11-tool --module {a.module} --token-label bench --login --pin \"$(cat {pin_file})\" "
                 f"--sign --mechanism ECDSA --label {KEY} -o {a.work}/sig.bin")
@@ -386,8 +434,9 @@ def main():
         ("... 64 clients asking for one `sign` at once", "1 signature", f"{serial['same_sign_64']}", ok(serial["same_sign_64"] == 1)),
         ("... the slowest of 16 clients, against its fair share", "<= 1.2x", f"{worst_share:.2f}x (worst over 1 to 8 sessions)", ok(worst_share <= 1.2)),
         ("daemon resident memory, idle / after 100,000 / 200,000 signatures", "<= 16 MiB, flat",
-         f"{rss_idle / 1024:.1f} / {rss_100k / 1024:.1f} / {rss_200k / 1024:.1f} MiB",
-         ok(max(rss_idle, rss_100k, rss_200k) <= 16 * 1024 and rss_200k - rss_100k <= 1024)),
+         f"{rss_idle[0] / 1024:.1f} / {rss_100k[0] / 1024:.1f} / {rss_200k[0] / 1024:.1f} MiB, of which anonymous (heap, "
+         f"stacks; the rest is code) {rss_idle[1] / 1024:.1f} / {rss_100k[1] / 1024:.1f} / {rss_200k[1] / 1024:.1f} MiB",
+         ok(max(rss_idle[0], rss_100k[0], rss_200k[0]) <= 16 * 1024 and rss_200k[0] - rss_100k[0] <= 1024)),
         ("cache hit (`sign` repeated), p50 round trip", "<= 0.2 ms in the daemon", f"{cached['p50_ms']:.3f} ms ({cached['rate']:,.0f}/s on 1 connection)", ok(cached["p50_ms"] <= 0.2)),
     ]
     with open(a.out, "w") as f:
@@ -446,7 +495,9 @@ def main():
                 "So 0.85 is within reach of a server that does nothing else here, and the distance from the "
                 "ceiling is the agent's own."),
             round_trip_us=ceiling["round_trip_us"], hello_ms=hello_ms, needed_ms=pipe_ms / 8,
-            needed_x=pipe_ms / 8 / hello_ms, oneshot_faults=oneshot_faults, hello_faults=hello_faults))
+            needed_x=pipe_ms / 8 / hello_ms, oneshot_faults=oneshot_faults, hello_faults=hello_faults,
+            oneshot_ms=oneshot, startup_ms=startup_ms, startup_x=startup_ms / hello_ms,
+            round_trip_ms=oneshot - startup_ms, relro_pages=relro_pages(BIN)))
 
 
 if __name__ == "__main__":
