@@ -36,8 +36,9 @@ connections more than another hands the new one over. A new connection wakes eve
 on the socket, though, and all but one go back to sleep at once: an agent with 16 sessions
 switched threads 18 times per one-shot, one with 2 sessions 4 times (counted while this was
 written); on a machine with that many cores, the others wake on idle ones. The lanes call the
-token inline only while its calls average under 1 ms; a slower token's calls go to the pool's FIFO queue and its
-threads, so that no reactor waits on the device (`status` says which: `pool.inline`).
+token inline only while its signatures average under 1 ms on the device; a slower token's calls
+go to the pool's FIFO queue and its threads, so that no reactor waits on the device (`status`
+says which: `pool.inline`).
 
 CPU per signature, from the daemon's own counters (`/proc/PID/stat`) over the 16-connection run:
 {daemon_us:.0f} µs in the daemon, against {direct_us:.0f} µs for a raw `C_Sign` in process (its

@@ -237,6 +237,103 @@ fn a_request_whose_client_has_gone_is_not_signed() {
 }
 
 #[test]
+fn calls_that_never_reach_the_device_do_not_make_a_slow_token_look_fast() {
+    let hsm = Hsm::new();
+    let (agent, _) = slow_agent(&hsm, 1, 300);
+    assert_eq!(agent.connect().ask(&sign_input_line())["ok"], true);
+    // A public key the agent has found before costs the token nothing: many of them (a JWKS
+    // poller) must not pass for fast signatures, or the next 300 ms one would block a lane.
+    let pubkey = serde_json::json!({"op": "pubkey", "key": KEY, "format": "pem"});
+    let mut poller = agent.connect();
+    for _ in 0..40 {
+        assert_eq!(poller.request(pubkey.clone())["ok"], true);
+    }
+    let status = agent.connect().ask(r#"{"op":"status"}"#);
+    assert_eq!(status["pool"]["inline"], false, "40 public keys made a 300 ms token look fast");
+}
+
+#[test]
+fn requests_for_a_preset_that_is_never_cached_sign_side_by_side() {
+    let hsm = Hsm::new();
+    // A device that signs in parallel (a network HSM), 400 ms a signature, and two sessions.
+    let (agent, control, log) = faulty_agent(&hsm, &["--sessions", "2"]);
+    fault(&control, "hang 400");
+    assert_eq!(agent.connect().ask(&sign_input_line())["ok"], true);
+    let before = calls(&log, "C_SignInit");
+    // The same client assertion asked twice: each gets a jti of its own, so neither waits for
+    // the other as requests for one cached token do.
+    let claims = serde_json::json!({"iss": "client-42", "aud": "https://login.example.com/oauth2/token"});
+    let request =
+        serde_json::json!({"op": "sign", "key": KEY, "preset": "oauth-client-assertion", "claims": claims});
+    let mut conns: Vec<Conn> = (0..2).map(|_| agent.connect()).collect();
+    for conn in &mut conns {
+        conn.send_raw(format!("{request}\n").as_bytes());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(calls(&log, "C_SignInit") - before, 2, "the second assertion waited for the first");
+    let answers: Vec<Value> = conns.iter_mut().map(Conn::read_answer).collect();
+    assert!(answers.iter().all(|a| a["ok"] == true && a["cached"] == false), "{answers:?}");
+    assert_ne!(answers[0]["token"], answers[1]["token"]);
+}
+
+#[test]
+fn a_slow_always_authenticate_signature_holds_up_neither_another_nor_a_cache_hit() {
+    let hsm = Hsm::new();
+    hsm.always_authenticate_key("piv9c", "9c");
+    let (agent, control, log) = faulty_agent(&hsm, &["--sessions", "2"]);
+    let cached = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "c"}, "ttl": "20m"});
+    assert_eq!(agent.connect().request(cached.clone())["cached"], false);
+    fault(&control, "hang 400");
+    let piv = sign_input_line().replace(KEY, "piv9c");
+    assert_eq!(agent.connect().ask(&piv)["ok"], true);
+    let before = calls(&log, "C_SignInit");
+    // Two signatures that each need the PIN once more (CKA_ALWAYS_AUTHENTICATE), on two
+    // sessions: the logins take turns, the signatures do not.
+    let mut slow: Vec<Conn> = (0..2).map(|_| agent.connect()).collect();
+    for conn in &mut slow {
+        conn.send_raw(format!("{piv}\n").as_bytes());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(calls(&log, "C_SignInit") - before, 2, "the second signature waited for the first");
+    // Whether the agent is locked is asked without waiting for either.
+    assert_eq!(agent.connect().request(cached)["cached"], true);
+    assert!(slow.iter_mut().all(|c| !c.has_answer()), "a cache hit waited for the device");
+    assert!(slow.iter_mut().all(|c| c.read_answer()["ok"] == true));
+}
+
+#[test]
+fn a_key_asked_for_is_made_and_audited_even_when_its_client_hangs_up() {
+    let hsm = Hsm::new();
+    let audit = hsm.path("audit.jsonl");
+    let (agent, control, _) =
+        faulty_agent(&hsm, &["--sessions", "1", "--audit-log", audit.to_str().unwrap()]);
+    fault(&control, "hang 400");
+    assert_eq!(agent.connect().ask(&sign_input_line())["ok"], true);
+    // The one session is busy with a slow signature when the key is asked for, and the client
+    // that asked hangs up before its turn: a signature it asked for would be dropped, a key is
+    // made all the same, and audited.
+    let mut busy = agent.connect();
+    busy.send_raw(format!("{}\n", sign_input_line()).as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut gone = agent.connect();
+    gone.send_raw(b"{\"op\":\"generate\",\"label\":\"made\"}\n");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(gone);
+    assert_eq!(busy.read_answer()["ok"], true);
+    let keys = agent.connect().ask(r#"{"op":"keys"}"#);
+    assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["label"] == "made"), "{keys}");
+    let created = || {
+        let log = std::fs::read_to_string(&audit).unwrap_or_default();
+        log.lines().any(|l| l.contains(r#""op":"generate""#) && l.contains(r#""outcome":"created""#))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !created() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(created(), "{}", std::fs::read_to_string(&audit).unwrap_or_default());
+}
+
+#[test]
 fn a_slow_token_does_not_hold_up_what_needs_no_signature() {
     let hsm = Hsm::new();
     // One session, so one lane serves every connection.

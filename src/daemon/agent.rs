@@ -85,10 +85,9 @@ impl Agent {
         self.policy.owner()
     }
 
-    /// Answers one request line (newline removed) from `peer` with one answer line (newline
-    /// included).
-    pub async fn handle(&self, line: &[u8], peer: &Peer) -> Vec<u8> {
-        let incoming = wire::decode_request(line);
+    /// Answers one request (a line as `wire::decode_request` decoded it) from `peer` with one
+    /// answer line (newline included).
+    pub async fn handle(&self, incoming: wire::Incoming, peer: &Peer) -> Vec<u8> {
         match self.answer(incoming.request, peer).await {
             Ok(reply) => wire::encode_ok(incoming.id.as_ref(), &reply),
             Err(error) => wire::encode_error(incoming.id.as_ref(), &error),
@@ -274,6 +273,17 @@ impl Agent {
         F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
     {
         Ok(self.pool.run(f).await?)
+    }
+
+    /// Runs `f` on a pooled session through the queue, whatever the token's speed: for calls
+    /// that take long on any token (making a key or a certificate), which would hold up a
+    /// lane's other connections if made inline.
+    pub(super) async fn on_token_queued<T, F>(&self, f: F) -> Result<T, Failed>
+    where
+        T: Send + 'static,
+        F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
+    {
+        Ok(self.pool.queue(f).await?)
     }
 
     /// Refuses with `locked` while the agent is locked.

@@ -98,7 +98,7 @@ impl Agent {
 
     async fn create(&self, new: NewKey, record: &mut Record) -> Result<Done, Failed> {
         self.check_unlocked()?;
-        let info = self.on_token(move |token, _| token.create(&new)).await?;
+        let info = self.on_token_queued(move |token, _| token.create(&new)).await?;
         crate::info!("created key {:?} ({})", info.label, info.alg.as_deref().unwrap_or("?"));
         record.alg = info.alg.clone().map(Value::from);
         record.kid = info.kid.clone().map(Value::from);
@@ -110,7 +110,7 @@ impl Agent {
         record.key = Some(crate::token::uri::redact(&key).into_owned());
         self.check_unlocked()?;
         let der = self
-            .on_token(move |token, session| {
+            .on_token_queued(move |token, session| {
                 let key = token.key(session, &key)?;
                 let subject = subject.clone().unwrap_or_else(|| format!("CN={}", key.info.label));
                 token.make_cert(session, &key, &subject, days.unwrap_or(365))

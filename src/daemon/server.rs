@@ -251,12 +251,15 @@ async fn serve_connection(
         let answer = match frame {
             Ok(Frame::Line) => {
                 // A client that hangs up while its request waits (for a slow token, for the
-                // request ahead with the same cache key) has it dropped unsigned.
-                let pipelined = reader.has_buffered();
+                // request ahead with the same cache key) has it dropped unsigned; a request
+                // that changes something is carried out and audited all the same.
+                let incoming = crate::wire::decode_request(reader.line());
+                let watch = !reader.has_buffered()
+                    && incoming.request.as_ref().is_ok_and(crate::wire::Request::abandonable);
                 let answer = tokio::select! {
                     biased;
-                    answer = agent.handle(reader.line(), peer) => answer,
-                    () = hung_up(reader.get_ref()), if !pipelined => {
+                    answer = agent.handle(incoming, peer) => answer,
+                    () = hung_up(reader.get_ref()), if watch => {
                         reader.wipe_line();
                         break;
                     }

@@ -50,7 +50,13 @@ impl Agent {
             .as_ref()
             .map(|p| p.as_str().to_owned())
             .or_else(|| self.policy.key(&key).and_then(|k| k.preset.clone()));
-        let cache_key = TokenCache::key(&key, cached_preset.as_deref(), &header, &claims, ttl);
+        // A preset whose tokens are never handed out twice (a fresh jti each) shares nothing:
+        // no cache lookup and no single flight, so that such requests sign side by side.
+        let shares = cached_preset
+            .as_deref()
+            .is_none_or(|name| self.policy.presets().get(name).map_or(true, |p| p.cache));
+        let cache_key =
+            TokenCache::key(&key, cached_preset.as_deref(), &header, &claims, ttl).filter(|_| shares);
         let now = jwt::now();
         if !fresh && let Some(entry) = cache_key.as_deref().and_then(|k| self.cache.get(k, now)) {
             return self.serve_cached(entry, peer, record, now);

@@ -43,8 +43,17 @@ pub struct Token {
     label: String,
     /// The PIN that logged in, kept to log in again after the token drops the login; `None`
     /// while the agent is locked (locking drops the PIN, which zeroizes it). The mutex also
-    /// serializes logins, so that workers recovering at once spend one try, not one each.
+    /// serializes logins, so that workers recovering at once spend one try, not one each; it
+    /// is held across a `C_Login`, so nothing that only asks whether the agent is locked takes
+    /// it (that is `locked`).
     pin: Mutex<Option<AuthPin>>,
+    /// Whether `pin` is `None`: set with it, read without waiting for a login on a slow token.
+    locked: AtomicBool,
+    /// How long a signature takes on the device, in microseconds: an exponentially weighted
+    /// mean (1/8) of [`sign`](Self::sign)'s calls. The pool calls a token inline while this is
+    /// short; calls that never reach the device (a cached key's public half, a refusal) do not
+    /// count, so they cannot make a slow token look fast.
+    signing_micros: AtomicU64,
     /// Set when the token rejected the PIN: from then on nothing logs in by itself.
     pin_rejected: AtomicBool,
     /// When the token last rejected a PIN `unlock` gave: no other is tried for
@@ -107,6 +116,8 @@ impl Token {
             identity,
             raw: OnceLock::new(),
             pin: Mutex::new(Some(pin)),
+            locked: AtomicBool::new(false),
+            signing_micros: AtomicU64::new(0),
             pin_rejected: AtomicBool::new(false),
             unlock_rejected_at: Mutex::new(None),
             mechanisms,
@@ -168,6 +179,7 @@ impl Token {
     pub fn lock(&self, session: &Session) {
         let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
         *pin = None;
+        self.locked.store(true, Ordering::SeqCst);
         self.logout(session);
         self.forget_keys();
     }
@@ -198,11 +210,18 @@ impl Token {
         }
         self.pin_rejected.store(false, Ordering::SeqCst);
         *held = Some(pin);
+        self.locked.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     pub fn is_locked(&self) -> bool {
-        self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+        self.locked.load(Ordering::SeqCst)
+    }
+
+    /// How long a signature has taken on the device lately, in microseconds (0 before the
+    /// first).
+    pub fn signing_micros(&self) -> u64 {
+        self.signing_micros.load(Ordering::Relaxed)
     }
 
     /// Logs out (best effort, at shutdown).
@@ -374,16 +393,41 @@ impl Token {
             .get_or_init(|| raw::RawSign::load(&self.module).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| TokenError::Other(e.clone()))?;
-        let signature = if key.always_authenticate {
+        let started = Instant::now();
+        let signature = self.sign_on_device(session, key, &plan.mechanism, raw, &data, plan.signature_len);
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // One writer at a time is not needed: a lost update only delays the mean a little.
+        let mean = self.signing_micros.load(Ordering::Relaxed);
+        self.signing_micros.store(mean - mean / 8 + took / 8, Ordering::Relaxed);
+        let signature = signature?;
+        if signature.len() != plan.signature_len {
+            return Err(TokenError::BadSignature { alg, len: signature.len() });
+        }
+        Ok(signature)
+    }
+
+    /// `C_SignInit` and `C_Sign`, with the context-specific login between them that an
+    /// always-authenticate key needs.
+    fn sign_on_device(
+        &self,
+        session: &Session,
+        key: &Key,
+        mechanism: &cryptoki::mechanism::Mechanism,
+        raw: &raw::RawSign,
+        data: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>, TokenError> {
+        session.sign_init(mechanism, key.handle)?;
+        if key.always_authenticate {
+            // The PIN that logged in, once more for this one signature (CKA_ALWAYS_AUTHENTICATE),
+            // under the login mutex: a PIN changed behind the agent's back is refused here, and
+            // sessions that sign at once must not each spend one of the token's few tries on
+            // it. The signature itself is made after the mutex is let go.
             let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
             let pin = pin.as_ref().ok_or(TokenError::Locked)?;
             if self.pin_rejected.load(Ordering::SeqCst) {
                 return Err(TokenError::PinRejectedBefore);
             }
-            session.sign_init(&plan.mechanism, key.handle)?;
-            // The PIN that logged in, once more for this one signature (CKA_ALWAYS_AUTHENTICATE).
-            // A PIN changed behind the agent's back is refused here: remember that, or every
-            // signature would spend one more of the token's few tries.
             match session.login(UserType::ContextSpecific, Some(pin)) {
                 Ok(()) => {}
                 Err(CkError::Pkcs11(
@@ -395,15 +439,8 @@ impl Token {
                 }
                 Err(e) => return Err(e.into()),
             }
-            raw.sign(session.handle(), &data, plan.signature_len)?
-        } else {
-            session.sign_init(&plan.mechanism, key.handle)?;
-            raw.sign(session.handle(), &data, plan.signature_len)?
-        };
-        if signature.len() != plan.signature_len {
-            return Err(TokenError::BadSignature { alg, len: signature.len() });
         }
-        Ok(signature)
+        raw.sign(session.handle(), data, len)
     }
 
     /// Makes a self-signed certificate for `key` of `subject`, valid for `days`, signed inside

@@ -1,7 +1,8 @@
 //! The session pool: N PKCS#11 sessions, each in one `Worker` (a `Session` is `Send` but not
 //! `Sync`, so one session never serves two threads at once).
 //!
-//! A call runs one of two ways, chosen by how long the token's calls take (a running mean):
+//! A call runs one of two ways, chosen by how long the token's signatures take (a running mean
+//! that [`Token::sign`] keeps, of device time alone):
 //!
 //! - **Inline**, on a fast token (SoftHSM, a local HSM: well under a millisecond): the thread
 //!   that asks takes an idle worker and calls the token itself. The daemon's connections are
@@ -12,22 +13,25 @@
 //!   a FIFO queue that N pool threads take from, each with an idle worker, and the asking task
 //!   awaits the answer, so no reactor waits on the device and every connection another session
 //!   could serve is served. A job whose asker has gone (its client closed the connection) is
-//!   dropped before it reaches the token.
+//!   dropped before it reaches the token. While pool threads wait for a session, inline callers
+//!   queue behind them too, so that the queue stays first come first served.
+//!
+//! Calls that take long on any token (making a key, a certificate) always go to the queue
+//! ([`Pool::queue`]): an RSA key made inline would hold up a lane's connections for seconds.
 //!
 //! The queue needs no bound of its own: each connection has at most one request in flight, and
 //! the connections are capped.
 
 use super::{Token, TokenError};
 use cryptoki::session::Session;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
-/// Token calls that take less than this, on average, run inline.
+/// Signatures that take less than this on the device, on average, run inline.
 pub const INLINE_BELOW: Duration = Duration::from_millis(1);
 
 /// A fixed set of sessions on one token.
@@ -39,12 +43,10 @@ pub struct Pool {
     size: usize,
 }
 
-/// What the askers and the pool threads share: the idle workers and the running mean.
+/// What the askers and the pool threads share: the idle workers.
 struct Shared {
     idle: Mutex<Idle>,
     returned: Condvar,
-    /// How long a token call takes, in microseconds: an exponentially weighted mean (1/8).
-    mean_micros: AtomicU64,
 }
 
 /// The workers no call holds, and how many pool threads wait for one.
@@ -82,11 +84,8 @@ impl Pool {
                 generation: token.generation(),
             })
             .collect();
-        let shared = Arc::new(Shared {
-            idle: Mutex::new(Idle { workers, waiting: 0 }),
-            returned: Condvar::new(),
-            mean_micros: AtomicU64::new(0),
-        });
+        let shared =
+            Arc::new(Shared { idle: Mutex::new(Idle { workers, waiting: 0 }), returned: Condvar::new() });
         let (jobs, receiver) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::with_capacity(size);
         for n in 0..size {
@@ -108,9 +107,9 @@ impl Pool {
         &self.token
     }
 
-    /// Whether calls run inline now: the token answers fast.
+    /// Whether calls run inline now: the token signs fast.
     pub fn inline(&self) -> bool {
-        self.shared.fast()
+        self.token.signing_micros() < INLINE_BELOW.as_micros() as u64
     }
 
     /// Runs `f` on a worker's session: inline when the token is fast and a worker is idle,
@@ -122,21 +121,30 @@ impl Pool {
         T: Send + 'static,
         F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
     {
-        if self.shared.fast()
+        if self.inline()
             && let Some(mut worker) = self.shared.try_take()
         {
-            let result = self.shared.timed(|| worker.call(&f));
+            let result = worker.call(&f);
             self.shared.give_back(worker);
             return result;
         }
+        self.queue(f).await
+    }
+
+    /// Runs `f` like [`run`](Self::run), but always through the queue, whatever the token's
+    /// speed: for calls that take long on any token.
+    pub async fn queue<T, F>(&self, f: F) -> Result<T, TokenError>
+    where
+        T: Send + 'static,
+        F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let shared = self.shared.clone();
         let job: Job = Box::new(move |worker: &mut Worker| {
             // The asker has gone (its client closed the connection): nothing is done for it.
             if reply.is_closed() {
                 return;
             }
-            let _ = reply.send(shared.timed(|| worker.call(&f)));
+            let _ = reply.send(worker.call(&f));
         });
         let jobs = self.jobs.as_ref().ok_or(TokenError::ShuttingDown)?;
         jobs.send(job).map_err(|_| TokenError::ShuttingDown)?;
@@ -166,12 +174,10 @@ impl Pool {
 }
 
 impl Shared {
-    fn fast(&self) -> bool {
-        self.mean_micros.load(Ordering::Relaxed) < INLINE_BELOW.as_micros() as u64
-    }
-
+    /// An idle worker, unless none is or pool threads are waiting for one (they came first).
     fn try_take(&self) -> Option<Worker> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).workers.pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.waiting > 0 { None } else { idle.workers.pop() }
     }
 
     /// An idle worker, waiting for one to come back if none is.
@@ -193,18 +199,6 @@ impl Shared {
         if idle.waiting > 0 {
             self.returned.notify_one();
         }
-    }
-
-    /// Runs `call` and counts how long it took into the running mean.
-    fn timed<T>(&self, call: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
-        let out = call();
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        // One writer at a time is not needed: a lost update only delays the mean a little.
-        let mean = self.mean_micros.load(Ordering::Relaxed);
-        let next = mean - mean / 8 + took / 8;
-        self.mean_micros.store(next, Ordering::Relaxed);
-        out
     }
 
     /// A pool thread: takes the next job in order, and an idle worker to run it on. When the

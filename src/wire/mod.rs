@@ -108,6 +108,22 @@ impl Request {
         }
     }
 
+    /// Whether the request may be dropped half done when its client hangs up: it only reads, or
+    /// signs what nobody else is waiting for. What changes the agent or the token (a key made, a
+    /// certificate stored, a lock, an unlock, a report to audit) runs to its end and is audited,
+    /// whoever is still listening.
+    pub fn abandonable(&self) -> bool {
+        matches!(
+            self,
+            Request::SignInput { .. }
+                | Request::Sign(_)
+                | Request::Keys {}
+                | Request::Pubkey { .. }
+                | Request::Status {}
+                | Request::AccessToken { .. }
+        )
+    }
+
     /// Whether the request has a field `id` of its own, so that the envelope must not add one.
     pub fn has_own_id(&self) -> bool {
         Self::OWN_ID.contains(&self.op())
