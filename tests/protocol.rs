@@ -96,6 +96,24 @@ fn hostile_lines_get_error_answers_and_the_connection_goes_on() {
 }
 
 #[test]
+fn an_answer_goes_out_while_the_next_request_is_still_coming() {
+    let hsm = Hsm::new();
+    let agent = hsm.agent();
+    let mut conn = agent.connect();
+    // One request and the first bytes of the next, in one write: the client may be waiting for
+    // the first answer before it sends the rest.
+    conn.send_raw(b"{\"id\":1,\"op\":\"keys\"}\n{\"id\":2,\"op\":\"ke");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !conn.has_answer() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(conn.has_answer(), "the answer waited for the next request");
+    assert_eq!(conn.read_answer()["id"], 1);
+    conn.send_raw(b"ys\"}\n");
+    assert_eq!(conn.read_answer()["id"], 2);
+}
+
+#[test]
 fn ids_are_echoed_and_pipelined_requests_are_answered_in_order() {
     let hsm = Hsm::new();
     let agent = hsm.agent();

@@ -53,6 +53,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.start < self.end
     }
 
+    /// Whether a whole next request has already been read: its answer can go out with this
+    /// one's. Part of one is not enough, as its client may wait for this answer to send the rest.
+    pub fn has_buffered_line(&self) -> bool {
+        self.buf[self.start..self.end].contains(&b'\n')
+    }
+
     /// Overwrites the current line, once its request has been handled.
     pub fn wipe_line(&mut self) {
         self.line.as_mut_slice().zeroize();

@@ -278,7 +278,7 @@ async fn serve_connection(
         };
         // Pipelined requests already read get their answers in one write. A client that does
         // not take its answers in time (it pipelines and never reads) is closed, not waited for.
-        let pipelined = reader.has_buffered();
+        let pipelined = reader.has_buffered_line();
         let written = tokio::time::timeout(read_timeout, async {
             writer.write_all(&answer).await?;
             if !pipelined {
