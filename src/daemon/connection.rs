@@ -19,7 +19,9 @@ pub enum Frame {
     TooLarge,
     /// The peer closed the connection.
     Eof,
-    /// The peer sat idle too long, or took too long to finish a line.
+    /// The peer started no request for too long after its last one.
+    Idle,
+    /// The peer took too long to finish a line it had started.
     Stalled,
 }
 
@@ -132,7 +134,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     ) -> std::io::Result<Frame> {
         if !self.has_buffered() {
             match tokio::time::timeout(idle, self.fill()).await {
-                Err(_) => return Ok(Frame::Stalled),
+                Err(_) => return Ok(Frame::Idle),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(_)) => {}
             }
@@ -218,5 +220,16 @@ mod tests {
         assert!(reader.has_buffered(), "the pipelined request is still there");
         assert_eq!(reader.read_frame().await.unwrap(), Frame::Line);
         assert_eq!(reader.line(), b"{\"op\":\"keys\"}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_asks_nothing_is_idle_and_one_that_stops_mid_line_has_stalled() {
+        use tokio::io::AsyncWriteExt;
+        let short = Duration::from_millis(20);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = Reader::new(server);
+        assert_eq!(reader.read_frame_within(short, short).await.unwrap(), Frame::Idle);
+        client.write_all(b"{\"op\":").await.unwrap();
+        assert_eq!(reader.read_frame_within(short, short).await.unwrap(), Frame::Stalled);
     }
 }

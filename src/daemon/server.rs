@@ -274,7 +274,8 @@ async fn serve_connection(
                     .warn(format_args!("closed a connection of uid {} that stalled mid-request", peer.uid));
                 break;
             }
-            Ok(Frame::Eof) | Err(_) => break,
+            // A client that keeps its connection and asks nothing more is closed in silence.
+            Ok(Frame::Eof | Frame::Idle) | Err(_) => break,
         };
         // Pipelined requests already read get their answers in one write. A client that does
         // not take its answers in time (it pipelines and never reads) is closed, not waited for.
