@@ -147,6 +147,23 @@ fn a_hanging_token_does_not_stop_other_requests() {
 }
 
 #[test]
+fn a_token_call_that_never_returns_does_not_keep_the_daemon_from_stopping() {
+    let hsm = Hsm::new();
+    let (mut agent, control, _) = faulty_agent(&hsm, &["--sessions", "1"]);
+    // Ten minutes a signature: a network HSM that stopped answering mid-call.
+    fault(&control, "hang 600000");
+    let mut stuck = agent.connect();
+    stuck.send_raw(format!("{}\n", sign_input_line()).as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    agent.signal(libc::SIGTERM);
+    // The drain waits 10 s for the request in flight, then the daemon stops without it.
+    let (status, err) = agent.wait();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("stopping without finalizing the module"), "{err}");
+    assert!(!hsm.socket().exists(), "the socket outlived the daemon");
+}
+
+#[test]
 fn a_token_absent_at_start_is_a_clear_error() {
     let hsm = Hsm::new();
     let control = hsm.path("fault");

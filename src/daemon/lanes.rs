@@ -100,6 +100,16 @@ impl Handles {
     }
 }
 
+impl Lanes {
+    /// Lets the lanes go without waiting for them: those with nothing left to do stop, and one
+    /// stuck in a token call that never returns is left to end with the process.
+    pub fn abandon(mut self) {
+        drop(self.handles.take());
+        // A JoinHandle dropped detaches its thread.
+        self.threads.clear();
+    }
+}
+
 impl Drop for Lanes {
     /// Stops each lane once what it was handed has been started (and every other handle has
     /// been dropped), and waits for its thread; the caller has let the connections finish first.

@@ -172,24 +172,33 @@ pub fn run(mut options: Options) -> Result<(), DaemonError> {
             .into_iter()
             .collect();
         tasks.extend(options.sinks.iter().map(|sink| tokio::spawn(sinks::keep(agent.clone(), sink.clone()))));
-        serve(listener, agent.clone(), limits, shutdown_signal()).await;
+        let drained = serve(listener, agent.clone(), limits, shutdown_signal()).await;
         for task in tasks {
             task.abort();
             let _ = task.await;
         }
-        Ok::<(), String>(())
+        Ok::<bool, String>(drained)
     });
     systemd::notify("STOPPING=1");
     if !activated {
         listener::remove(&options.socket);
     }
     drop(runtime);
+    if served == Ok(false) {
+        // A token call has not come back: joining its thread would wait for ever, and
+        // finalizing the module under it, or running its destructors at exit, is undefined.
+        // What the agent owns is done (socket removed, logs written); the process ends here.
+        crate::warn!("a token call is still running; stopping without finalizing the module");
+        crate::info!("stopped");
+        // SAFETY: _exit has no memory-safety preconditions; it ends every thread at once.
+        unsafe { libc::_exit(0) }
+    }
     match Arc::try_unwrap(agent) {
         Ok(agent) => agent.into_pool().shutdown(),
         Err(_) => crate::warn!("a connection outlived shutdown; not finalizing the module"),
     }
     crate::info!("stopped");
-    served.map_err(DaemonError::Setup)
+    served.map(drop).map_err(DaemonError::Setup)
 }
 
 fn pool_size(asked: Option<usize>, token_max: Option<usize>) -> usize {

@@ -74,7 +74,9 @@ struct Accepting {
 
 /// Serves connections on `listener` until `shutdown` resolves or a client sends `stop`, then
 /// waits (at most `DRAIN`) for each connection to finish the request it is on. The daemon
-/// passes SIGTERM and SIGINT as `shutdown`; tests pass what they like.
+/// passes SIGTERM and SIGINT as `shutdown`; tests pass what they like. Returns whether every
+/// connection finished in time: if not, a lane may be inside a token call that never returns,
+/// and it is left behind rather than waited for.
 ///
 /// Every lane accepts on the listener itself and serves what it accepted, so a new connection,
 /// like each request after it, crosses no thread in the daemon; an idle lane takes it first, a
@@ -87,7 +89,7 @@ pub async fn serve(
     agent: Arc<Agent>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
-) {
+) -> bool {
     let (done, mut done_rx) = mpsc::channel::<()>(1);
     let accepting = Arc::new(Accepting {
         slots: Slots::new(limits.max_connections, agent.owner()),
@@ -138,11 +140,17 @@ pub async fn serve(
     crate::info!("stopping: no new connections; finishing requests in flight");
     agent.request_stop();
     drop(accepting);
-    if tokio::time::timeout(DRAIN, done_rx.recv()).await.is_err() {
+    let drained = tokio::time::timeout(DRAIN, done_rx.recv()).await.is_ok();
+    if drained {
+        drop(lanes);
+    } else {
         crate::warn!("connections still busy after {DRAIN:?}; stopping anyway");
+        if let Some(lanes) = lanes {
+            lanes.abandon();
+        }
     }
-    drop(lanes);
     floods.flush();
+    drained
 }
 
 /// Accepts connections until the agent stops, serving each on this thread's runtime, or, when

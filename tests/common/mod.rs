@@ -425,10 +425,20 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the daemon; one that does not stop within 30 s (a test has already failed on it)
+    /// is killed, so that the suite fails instead of hanging.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = self.child.wait();
         }
     }
