@@ -228,6 +228,27 @@ fn sixty_four_clients_asking_for_one_token_at_once_cost_one_signature() {
 }
 
 #[test]
+fn a_token_signed_for_a_client_that_hung_up_serves_the_next_who_asks() {
+    let hsm = Hsm::new();
+    let (agent, log) = slow_agent(&hsm, 1, 400);
+    assert_eq!(agent.connect().ask(&sign_input_line())["ok"], true);
+    let before = calls(&log, "C_SignInit");
+    let request = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "first"}, "ttl": "20m"});
+    // The first asker's signature is on the device when a second asks for the same token, and
+    // the first hangs up: what the device signs is cached and handed to the second.
+    let mut first = agent.connect();
+    first.send_raw(format!("{request}\n").as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut second = agent.connect();
+    second.send_raw(format!("{request}\n").as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(first);
+    let answer = second.read_answer();
+    assert_eq!((answer["ok"].as_bool(), answer["cached"].as_bool()), (Some(true), Some(true)), "{answer}");
+    assert_eq!(calls(&log, "C_SignInit") - before, 1, "one token was signed twice");
+}
+
+#[test]
 fn a_request_whose_client_has_gone_is_not_signed() {
     let hsm = Hsm::new();
     let (agent, log) = slow_agent(&hsm, 1, 300);

@@ -110,6 +110,10 @@ impl Agent {
         };
         let done = match done {
             Ok(done) => done,
+            // Its client has gone and nothing was done for it: nothing to audit or count.
+            Err(Failed::Token(TokenError::Abandoned)) => {
+                return Err(WireError::new(ErrorCode::Internal, TokenError::Abandoned.to_string()));
+            }
             Err(failed) => return Err(self.refuse(failed, record)),
         };
         if let Some(outcome) = done.audit {

@@ -8,6 +8,7 @@ use super::limits::{Slot, Slots};
 use crate::daemon::audit::Peer;
 use crate::log::Throttled;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
@@ -264,10 +265,17 @@ async fn serve_connection(
                 let incoming = crate::wire::decode_request(reader.line());
                 let watch = !reader.has_buffered()
                     && incoming.request.as_ref().is_ok_and(crate::wire::Request::abandonable);
+                let abandoned = Arc::new(AtomicBool::new(false));
+                let handled = crate::token::pool::watched(abandoned.clone(), agent.handle(incoming, peer));
+                tokio::pin!(handled);
                 let answer = tokio::select! {
                     biased;
-                    answer = agent.handle(incoming, peer) => answer,
+                    answer = &mut handled => answer,
                     () = hung_up(reader.get_ref()), if watch => {
+                        // Queued, its call is dropped when its turn comes; on the token, it
+                        // finishes, and a token it signs is cached for those who ask next.
+                        abandoned.store(true, Ordering::SeqCst);
+                        let _ = handled.await;
                         reader.wipe_line();
                         break;
                     }

@@ -104,6 +104,10 @@ pub enum TokenError {
     /// The session pool is shut down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The client hung up while its request waited in the queue: it was dropped unsigned.
+    /// Nobody is left to tell, so this is neither answered, counted nor audited.
+    #[error("the client hung up before its turn")]
+    Abandoned,
     /// The module must be reloaded to see the token's objects as they are now; the pool does
     /// that and asks again, so this never reaches a client.
     #[error("the module must be reloaded to find the token's new keys")]

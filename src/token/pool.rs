@@ -24,6 +24,8 @@
 
 use super::{Token, TokenError};
 use cryptoki::session::Session;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +35,18 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// Signatures that take less than this on the device, on average, run inline.
 pub const INLINE_BELOW: Duration = Duration::from_millis(1);
+
+tokio::task_local! {
+    /// Set when the client of the request being served has hung up (see [`watched`]).
+    static ABANDONED: Arc<AtomicBool>;
+}
+
+/// Runs `request` so that its queued calls are dropped unsigned once `abandoned` is set (its
+/// client hung up), while a call already on the token finishes: what it signs is not lost, and
+/// requests waiting for the same token get it instead of signing again.
+pub async fn watched<F: Future>(abandoned: Arc<AtomicBool>, request: F) -> F::Output {
+    ABANDONED.scope(abandoned, request).await
+}
 
 /// A fixed set of sessions on one token.
 pub struct Pool {
@@ -139,16 +153,20 @@ impl Pool {
         F: Fn(&Token, &Session) -> Result<T, TokenError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        let abandoned = ABANDONED.try_with(Arc::clone).unwrap_or_default();
+        let gone = abandoned.clone();
         let job: Job = Box::new(move |worker: &mut Worker| {
             // The asker has gone (its client closed the connection): nothing is done for it.
-            if reply.is_closed() {
+            if reply.is_closed() || gone.load(Ordering::SeqCst) {
                 return;
             }
             let _ = reply.send(worker.call(&f));
         });
         let jobs = self.jobs.as_ref().ok_or(TokenError::ShuttingDown)?;
         jobs.send(job).map_err(|_| TokenError::ShuttingDown)?;
-        answer.await.map_err(|_| TokenError::ShuttingDown)?
+        answer.await.map_err(|_| {
+            if abandoned.load(Ordering::SeqCst) { TokenError::Abandoned } else { TokenError::ShuttingDown }
+        })?
     }
 
     /// Stops taking jobs, lets the pool threads finish the queue, logs out and finalizes the
