@@ -108,10 +108,10 @@ impl Request {
         }
     }
 
-    /// Whether the request may be dropped half done when its client hangs up: it only reads, or
-    /// signs what nobody else is waiting for. What changes the agent or the token (a key made, a
-    /// certificate stored, a lock, an unlock, a report to audit) runs to its end and is audited,
-    /// whoever is still listening.
+    /// Whether the request may be dropped when its client hangs up: it only reads or signs (a
+    /// signature still queued is dropped, one on the token finishes and is cached). What changes
+    /// the agent or the token (a key made, a certificate stored, a lock, an unlock, a report to
+    /// audit) runs to its end and is audited, whoever is still listening.
     pub fn abandonable(&self) -> bool {
         matches!(
             self,
