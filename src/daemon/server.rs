@@ -252,6 +252,8 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     let mut writer = BufWriter::new(write);
     let mut reader = Reader::new(read);
+    // Set once the client hangs up; the connection ends then, so one flag serves every request.
+    let abandoned = Arc::new(AtomicBool::new(false));
     loop {
         let frame = tokio::select! {
             frame = reader.read_frame_within(IDLE_TIMEOUT, read_timeout) => frame,
@@ -265,7 +267,6 @@ async fn serve_connection(
                 let incoming = crate::wire::decode_request(reader.line());
                 let watch = !reader.has_buffered()
                     && incoming.request.as_ref().is_ok_and(crate::wire::Request::abandonable);
-                let abandoned = Arc::new(AtomicBool::new(false));
                 let handled = crate::token::pool::watched(abandoned.clone(), agent.handle(incoming, peer));
                 tokio::pin!(handled);
                 let answer = tokio::select! {
