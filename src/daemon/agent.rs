@@ -80,6 +80,11 @@ impl Agent {
         self.pool.size()
     }
 
+    /// Whether requests are audited (and so whether a peer's executable is worth reading).
+    pub fn audits(&self) -> bool {
+        self.audit.is_some()
+    }
+
     /// The uid the daemon runs as.
     pub fn owner(&self) -> u32 {
         self.policy.owner()

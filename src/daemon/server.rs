@@ -175,7 +175,7 @@ async fn accept_loop(listener: UnixListener, accepting: &Arc<Accepting>, lanes: 
         // Read at accept, before the client can exec something else: the audit's pid and
         // executable are advisory all the same (docs/security.md).
         let peer = match stream.peer_cred() {
-            Ok(cred) => Peer::new(cred.uid(), cred.pid()),
+            Ok(cred) => Peer::new(cred.uid(), cred.pid(), agent.audits()),
             Err(e) => {
                 crate::warn!("cannot read a peer's credentials ({e}); closing the connection");
                 continue;
