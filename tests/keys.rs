@@ -518,3 +518,24 @@ fn a_plain_token_carries_the_kid_keys_shows_and_a_kid_may_start_with_a_dash() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(decode(token.trim()).0["kid"], "-abc");
 }
+
+#[test]
+fn making_an_rsa_key_holds_up_no_other_connection_on_its_lane() {
+    let hsm = Hsm::new();
+    // One session, so one lane serves every connection; the token signs fast, so signatures
+    // are made inline on the lane. A key is made on a pool thread all the same: an RSA key
+    // takes the token a second or more, and made inline it would hold up the lane.
+    let agent = hsm.agent_with(&["--sessions", "1"]);
+    let cached = serde_json::json!({"op": "sign", "key": KEY, "claims": {"iss": "c"}, "ttl": "20m"});
+    assert_eq!(agent.connect().request(cached.clone())["cached"], false);
+    let status = agent.connect().ask(r#"{"op":"status"}"#);
+    assert_eq!(status["pool"]["inline"], true, "{status}");
+    let mut making = agent.connect();
+    making.send_raw(b"{\"op\":\"generate\",\"label\":\"big\",\"alg\":\"RS256\",\"bits\":4096}\n");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // A cache hit on the same lane is answered while the key is still being made.
+    assert_eq!(agent.connect().request(cached)["cached"], true);
+    assert!(!making.has_answer(), "the key was made before the cache hit was answered");
+    let made = making.read_answer();
+    assert_eq!(made["key"]["label"], "big", "{made}");
+}
