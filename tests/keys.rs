@@ -521,6 +521,11 @@ fn a_plain_token_carries_the_kid_keys_shows_and_a_kid_may_start_with_a_dash() {
 
 #[test]
 fn making_an_rsa_key_holds_up_no_other_connection_on_its_lane() {
+    if backend() == Backend::Tpm {
+        // A TPM signs too slowly for its lanes to sign inline, and makes no RSA-4096 key.
+        eprintln!("skipping: a TPM's lanes never call the token themselves");
+        return;
+    }
     let hsm = Hsm::new();
     // One session, so one lane serves every connection; the token signs fast, so signatures
     // are made inline on the lane. A key is made on a pool thread all the same: an RSA key
