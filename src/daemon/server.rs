@@ -316,6 +316,12 @@ async fn serve_connection(
                 return;
             }
         }
+        // A request already read waits its turn behind the lane's other connections (and
+        // those waiting to be accepted): signed inline, a client's pipelined stream would
+        // otherwise keep the lane to itself until its buffer ran dry.
+        if pipelined {
+            tokio::task::yield_now().await;
+        }
     }
     let _ = tokio::time::timeout(read_timeout, writer.flush()).await;
 }
