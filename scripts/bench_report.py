@@ -108,7 +108,14 @@ against 0.72 over 6 alternating rounds). Two builds were measured against this o
 kept: a non-PIE binary (nothing for the loader to relocate) had 29 page faults fewer and was 4%
 faster in the median of 5 alternating rounds (from 7% slower to 15% faster: the noise here is
 larger than the gain), and would give up address-space randomization in the process that holds
-the token's session; `opt-level = "s"` made a binary 22% smaller and a one-shot 14% slower.
+the token's session; `opt-level = "s"` made a binary 22% smaller and a one-shot 14% slower. Three more were measured on a later machine (an Intel Xeon, 2 CPUs) and not kept:
+one lane instead of two, so that a new connection wakes no other (1.56 against 1.55 ms, medians
+of 4 alternating rounds); the lanes at `SCHED_BATCH`, so that a client's connect, read and
+hang-up do not preempt it (1.73 against 1.70 ms, 4 rounds); and, for `bench`, each answer
+flushed only after the lane's other ready connections had their turn, so that one wake-up of
+the load generator could take several (0.737 against 0.735, means of 8 alternating rounds).
+There a one-shot costs the daemon 269 µs of CPU, twice a signature under load, and the whole
+exchange runs on one CPU, one thread after another.
 
 Most of the daemon's resident memory is code: the pages of the binary, libcrypto, libstdc++ and
 libc that it has run, which the page cache holds anyway; what grows with use is the anonymous
