@@ -202,7 +202,7 @@ fn thirty_two_connections_of_fifty_requests_all_succeed() {
 
 #[test]
 fn a_client_that_pipelines_a_stream_of_requests_keeps_its_lane_from_no_other() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let hsm = Hsm::new();
     let audit = hsm.path("audit.jsonl");
     // One session, so one lane serves both clients, and signs inline (a fast token; a TPM's lane
@@ -210,28 +210,20 @@ fn a_client_that_pipelines_a_stream_of_requests_keeps_its_lane_from_no_other() {
     let agent = hsm.agent_with(&["--sessions", "1", "--audit-log", audit.to_str().unwrap()]);
     let stream_line = format!("{}\n", json!({"op": "sign_input", "key": KEY, "input": good_input()}));
     let stream_len = if backend() == Backend::Tpm { 400 } else { 2000 };
-    let stream = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
-    let mut writer = stream.try_clone().unwrap();
+    let mut stream = agent.connect();
+    let mut writer = stream.writer();
     let requests = stream_line.repeat(stream_len);
     let sender = std::thread::spawn(move || writer.write_all(requests.as_bytes()).unwrap());
-    let mut answers = std::io::BufReader::new(stream);
-    let mut first = String::new();
-    answers.read_line(&mut first).unwrap();
-    let reader = std::thread::spawn(move || {
-        (1..stream_len).all(|_| {
-            let mut answer = String::new();
-            answers.read_line(&mut answer).is_ok() && answer.contains(r#""ok":true"#)
-        })
-    });
+    assert_eq!(stream.read_answer()["ok"], true);
+    let reader = std::thread::spawn(move || (1..stream_len).all(|_| stream.read_answer()["ok"] == true));
     // While the stream is signed, another client connects and asks for one signature.
     let other = signing_input(r#"{"alg":"ES256","typ":"JWT"}"#, r#"{"iss":"other"}"#);
     assert_signed(&agent.connect().request(json!({"op": "sign_input", "key": KEY, "input": other})), &hsm);
     sender.join().unwrap();
     assert!(reader.join().unwrap(), "a signature of the stream failed");
-    let log = std::fs::read_to_string(&audit).unwrap();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(r#""outcome":"signed""#)).collect();
-    assert_eq!(lines.len(), stream_len + 1);
-    let before = lines.iter().position(|l| l.contains(r#""iss":"other""#)).unwrap();
+    let signed: Vec<Value> = audit_lines(&audit).into_iter().filter(|l| l["outcome"] == "signed").collect();
+    assert_eq!(signed.len(), stream_len + 1);
+    let before = signed.iter().position(|l| l["iss"] == "other").unwrap();
     // The other client is served in its turn, after what the lane signed while it connected
     // (some tens of the stream's requests), not after the whole stream.
     assert!(before < stream_len / 2, "the other client waited for {before} signatures of the stream");

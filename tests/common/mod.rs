@@ -457,6 +457,11 @@ impl Conn {
         Conn { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
     }
 
+    /// Another handle on the connection, to write from another thread while this one reads.
+    pub fn writer(&self) -> UnixStream {
+        self.writer.try_clone().unwrap()
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
     }
