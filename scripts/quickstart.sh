@@ -53,9 +53,10 @@ if grep -Eq "^[[:space:]]*Label:[[:space:]]+${TOKEN_LABEL}[[:space:]]*\$" <<<"$s
     step "token $TOKEN_LABEL exists"
 else
     step "creating token $TOKEN_LABEL (user PIN in $PINFILE)"
-    # softhsm2-util only takes PINs on its command line; acceptable for this one-time demo setup.
-    softhsm2-util --init-token --free --label "$TOKEN_LABEL" \
-        --so-pin "$(cat "$SOPINFILE")" --pin "$(cat "$PINFILE")" >&2
+    # softhsm2-util takes the PINs on its command line (where ps shows them) or at the terminal:
+    # they are typed at its prompts, on a terminal of their own.
+    { cat "$SOPINFILE"; echo; cat "$SOPINFILE"; echo; cat "$PINFILE"; echo; cat "$PINFILE"; echo; } |
+        python3 scripts/at_prompts.py softhsm2-util --init-token --free --label "$TOKEN_LABEL"
     rm -f "$PUBKEY" # a key from an earlier token is gone with it
 fi
 

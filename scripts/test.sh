@@ -51,6 +51,19 @@ cc -O2 -Wall -Wextra -Werror -pthread -o "$helpers/ceiling" scripts/ceiling.c
 "$helpers/ceiling" 1 50 | python3 -c 'import json, sys; r = json.load(sys.stdin); assert 0 < r["ratio"] < 2 and r["round_trip_us"] > 0, r'
 rm -rf "$helpers"
 
+# The quickstart types the demo token's PINs at softhsm2-util's prompts (scripts/at_prompts.py):
+# the token must take them, and they must not show on the output.
+step "scripts/at_prompts.py (the quickstart's token, PINs off the command line)"
+prompts=$(mktemp -d)
+printf 'directories.tokendir = %s\nobjectstore.backend = file\n' "$prompts" >"$prompts/softhsm2.conf"
+printf '%s\n' so-pin-4711 so-pin-4711 user-pin-0815 user-pin-0815 |
+    SOFTHSM2_CONF="$prompts/softhsm2.conf" python3 scripts/at_prompts.py \
+        softhsm2-util --init-token --free --label prompts 2>"$prompts/out"
+! grep -q -e so-pin-4711 -e user-pin-0815 "$prompts/out" || die "at_prompts.py showed a PIN"
+SOFTHSM2_CONF="$prompts/softhsm2.conf" pkcs11-tool --module "$JWT_AGENT_TEST_MODULE" --token-label prompts \
+    --login --pin user-pin-0815 --list-objects >/dev/null || die "the token made through at_prompts.py takes no login"
+rm -rf "$prompts"
+
 # macOS is where Apple release machines run: it must never silently stop building. Its code is
 # type-checked here for both Mac architectures (nothing is linked or run).
 for target in aarch64-apple-darwin x86_64-apple-darwin; do
