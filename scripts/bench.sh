@@ -34,7 +34,8 @@ sed "s|@TOKENDIR@|$work/tokens|" softhsm/softhsm2.conf.in >"$work/softhsm2.conf"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 printf '123456' >"$work/pin"
 chmod 600 "$work/pin"
-softhsm2-util --init-token --free --label bench --pin 123456 --so-pin 654321 >/dev/null
+printf '%s\n' 654321 654321 123456 123456 |
+    python3 scripts/at_prompts.py softhsm2-util --init-token --free --label bench 2>/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/AuthKey_BENCHKEY01.p8" 2>/dev/null
 
 step "building the fault module (the slow device), the ceiling and a hello-world binary"

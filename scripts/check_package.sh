@@ -48,8 +48,9 @@ module=$(find_softhsm) || die "libsofthsm2.so not found (scripts/test.sh install
 mkdir -p "$work/tokens" && mkdir -m 0700 "$work/run"
 sed "s|@TOKENDIR@|$work/tokens|" softhsm/softhsm2.conf.in >"$work/softhsm2.conf"
 export SOFTHSM2_CONF=$work/softhsm2.conf JWT_AGENT_SOCK=$work/run/agent.sock
-# softhsm2-util takes PINs on its command line only; this throwaway token's, never the agent's.
-softhsm2-util --init-token --free --label pkg --pin 123456 --so-pin 654321 >/dev/null
+# The PINs typed at softhsm2-util's prompts, as the quickstart does.
+printf '%s\n' 654321 654321 123456 123456 |
+    python3 scripts/at_prompts.py softhsm2-util --init-token --free --label pkg 2>/dev/null
 (umask 077 && echo 123456 >"$work/pin")
 "$bin" daemon --module "$module" --token pkg --pin-file "$work/pin" 2>"$work/agent.log" &
 agent_pid=$!
